@@ -1,0 +1,21 @@
+# The README's two commands: `make demo` and `make test`. Each sets everything up first (idempotent).
+.PHONY: setup demo test lint format bench
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/trajlab demo --out runs/demo
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	MPLBACKEND=agg $(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+
+format:
+	$(BIN)/ruff format src tests benchmarks && $(BIN)/ruff check --fix src tests benchmarks

@@ -1,0 +1,255 @@
+"""Build a run from a config and train it into a run directory (the glue between config and engine).
+
+Run directory::
+
+    RUN/config.json        the fully resolved RunConfig
+    RUN/provenance.json    git revision and dirty flag, versions, device, seed, command line (+ resumes)
+    RUN/metrics.jsonl      train and eval rows (see trajlab.train.metrics)
+    RUN/summary.json       written when the run completes: final metrics, steps, wall time
+    RUN/trajectory/, RUN/checkpoints/   when recording is enabled (trajlab.trajectory)
+
+Everything that can fail on bad input (config, data, model) is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trajlab.config import ConfigError, RunConfig
+from trajlab.experiments import build
+from trajlab.provenance import provenance, write_json_atomic
+from trajlab.train import distributed
+from trajlab.train.engine import Trainer, TrainResult
+from trajlab.train.evaluate import evaluate_model
+from trajlab.train.metrics import MetricsLog, truncate_after
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (holds another run, no checkpoint to resume...)."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    result: TrainResult
+    config: RunConfig
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a trajlab run directory (no config.json)")
+    return RunConfig.from_dict(json.loads(path.read_text()), source=str(path))
+
+
+def check_out_dir(out_dir: Path, cfg: RunConfig) -> None:
+    """Refuse a directory that already holds files, naming what to do instead."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise RunDirError(f"--out {out_dir} exists and is not a directory; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    cfg_path = out_dir / "config.json"
+    if not cfg_path.is_file():
+        raise RunDirError(
+            f"--out {out_dir} is not empty and is not a trajlab run; choose an empty or new directory"
+        )
+    try:
+        existing = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError:
+        existing = None
+    if existing == cfg.to_dict():
+        raise RunDirError(
+            f"--out {out_dir} already holds this run; use `trajlab train --resume {out_dir}` to continue it, "
+            "or choose another --out"
+        )
+    raise RunDirError(
+        f"--out {out_dir} already holds a different run; choose another --out (nothing was written)"
+    )
+
+
+def _make_callbacks(
+    cfg: RunConfig, run_dir: Path, test_batches: Any, batches: build.DatasetBatches, extra: Sequence[Any]
+) -> list[Any]:
+    callbacks: list[Any] = []
+    if cfg.record.enabled:
+        from trajlab.trajectory import Recorder, SnapshotSchedule
+
+        callbacks.append(
+            Recorder(
+                run_dir,
+                SnapshotSchedule.from_dict(cfg.record.snapshots),
+                dtype=getattr(torch, cfg.record.dtype),
+                queue_size=cfg.record.queue_size,
+            )
+        )
+    if cfg.averaging.enabled:
+        from trajlab.experiments.plugins import averaging_callback
+
+        callbacks.append(averaging_callback(cfg))
+    if cfg.probes.every_steps > 0:
+        from trajlab.experiments.plugins import probe_callback
+
+        callbacks.append(probe_callback(cfg, run_dir, batches))
+    callbacks.extend(extra)
+    if cfg.record.checkpoint_every_steps > 0:
+        from trajlab.trajectory import Checkpointer
+
+        # Last: a checkpoint at step t holds every other callback's state after step t.
+        callbacks.append(
+            Checkpointer(run_dir, cfg.record.checkpoint_every_steps, keep=cfg.record.keep_checkpoints)
+        )
+    return callbacks
+
+
+def run_training(
+    cfg: RunConfig | None,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    command: list[str] | None = None,
+    extra_callbacks: Sequence[Any] = (),
+) -> RunOutcome:
+    """Train the run described by ``cfg`` into ``out_dir`` (or continue it with ``resume=True``)."""
+    out_dir = Path(out_dir)
+    state = None
+    if resume:
+        saved = load_run_config(out_dir)
+        if cfg is not None and cfg.to_dict() != saved.to_dict():
+            raise RunDirError(
+                f"--resume {out_dir}: the given config differs from the run's config.json; drop it"
+            )
+        cfg = saved
+        from trajlab.trajectory import load_latest_checkpoint
+
+        state = load_latest_checkpoint(out_dir)
+        if state is None:
+            if (out_dir / "summary.json").is_file():
+                raise RunDirError(f"{out_dir} is already complete (summary.json); nothing to resume")
+            raise RunDirError(
+                f"{out_dir} has no training checkpoint to resume from; "
+                "runs need record.checkpoint_every_steps > 0"
+            )
+    elif cfg is None:
+        raise ConfigError("no config given")
+    else:
+        check_out_dir(out_dir, cfg)
+
+    info = distributed.DistInfo.from_env()
+    device = build.resolve_device(cfg.train.device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+
+    # Everything that can fail on bad input happens before the first write.
+    train_ds = build.build_train_data(cfg)
+    test_ds = build.build_test_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build.build_model_for(cfg, train_ds).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    total_steps = build.total_steps_for(cfg, len(train_ds))
+    batches = build.DatasetBatches(
+        train_ds,
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        device=device,
+        channels_last=cfg.model.channels_last,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+
+    distributed.init_process_group(info, device)
+    try:
+        train_model = distributed.wrap_ddp(model, info, device, sync_bn=cfg.train.sync_bn)
+        model = getattr(train_model, "module", model)
+        optimizer = build.build_optimizer_for(cfg, model)
+        autocast = torch.bfloat16 if (device.type == "cuda" and cfg.train.bf16_autocast) else None
+
+        def eval_batches():  # noqa: ANN202
+            return build.iterate_eval(
+                test_ds, cfg.train.eval_batch_size, device=device, channels_last=cfg.model.channels_last
+            )
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            return evaluate_model(m, eval_batches, autocast_dtype=autocast, device_type=device.type)
+
+        if info.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_files(out_dir, cfg, device, command, resumed_at=state["step"] if state else None)
+            if state is not None:
+                truncate_after(out_dir / "metrics.jsonl", int(state["step"]))
+        callbacks = _make_callbacks(cfg, out_dir, eval_batches, batches, extra_callbacks)
+        sink = None
+        if info.rank == 0:
+            tb_dir = out_dir / "tensorboard" if cfg.train.tensorboard else None
+            sink = MetricsLog(out_dir / "metrics.jsonl", tensorboard_dir=tb_dir)
+        trainer = Trainer(
+            model,
+            optimizer,
+            build.build_schedule_for(cfg, total_steps),
+            batches,
+            evaluate,
+            total_steps=total_steps,
+            eval_every_steps=cfg.train.eval_every_steps,
+            log_every_steps=cfg.train.log_every_steps,
+            callbacks=callbacks,
+            metrics_sink=sink,
+            train_model=train_model,
+            device=device,
+            autocast_dtype=autocast,
+            rank=info.rank,
+            world_size=info.world_size,
+            progress=cfg.train.progress,
+            reduce_loss=distributed.mean_over_ranks if info.enabled else None,
+        )
+        if state is not None:
+            trainer.load_state_dict(state)
+            log.info("resuming %s at step %d of %d", out_dir, trainer.step, total_steps)
+        try:
+            result = trainer.fit()
+        finally:
+            if sink is not None:
+                sink.close()
+        if info.rank == 0:
+            write_json_atomic(
+                out_dir / "summary.json",
+                {
+                    "status": "complete",
+                    "steps": result.steps_done,
+                    "final": result.final_metrics,
+                    "wall_s_last_session": result.wall_s,
+                },
+            )
+    finally:
+        distributed.destroy_process_group()
+    return RunOutcome(run_dir=out_dir, result=result, config=cfg)
+
+
+def _write_run_files(
+    out_dir: Path, cfg: RunConfig, device: torch.device, command: list[str] | None, resumed_at: int | None
+) -> None:
+    prov_path = out_dir / "provenance.json"
+    if resumed_at is None:
+        write_json_atomic(out_dir / "config.json", cfg.to_dict())
+        write_json_atomic(prov_path, provenance(seed=cfg.train.seed, device=device, command=command))
+        return
+    prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+    prov.setdefault("resumes", []).append(
+        {"at_step": resumed_at, **provenance(seed=cfg.train.seed, device=device, command=command)}
+    )
+    write_json_atomic(prov_path, prov)

@@ -1,0 +1,80 @@
+"""Multi-process training under ``torchrun``: process group, DDP wrapping, loss averaging.
+
+Every rank reads its contiguous shard of the same global batch (see ``trajlab.data.shard``), so the
+logged global batch indices are those of a single-process run; gradients are averaged by DDP, so with
+equal shards the update equals the single-process one up to floating-point summation order. BatchNorm
+uses per-rank statistics unless ``sync_bn`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> DistInfo:
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (absent: a single process)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            rank=int(env.get("RANK", 0)),
+            world_size=int(env.get("WORLD_SIZE", 1)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+        )
+
+
+def init_process_group(info: DistInfo, device: torch.device) -> None:
+    """gloo on CPU, nccl on CUDA; a no-op for a single process or when already initialised."""
+    if not info.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+
+
+def destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
+    """The module to train through: DDP around ``model`` when distributed, else ``model`` itself."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Average of a tensor over ranks (identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def broadcast_object(obj, src: int = 0):  # noqa: ANN001, ANN201 - any picklable object between our own ranks
+    """Send a small python object (e.g. a decision) from ``src`` to all ranks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
