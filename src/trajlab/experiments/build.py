@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trajlab.config import DataConfig, RunConfig
+from trajlab.config import ConfigError, DataConfig, RunConfig
 from trajlab.data import BatchSampler, ImageDataset, iterate_eval, load_dataset, make_batch, subset
 from trajlab.models import build_model
 from trajlab.train.optim import build_optimizer
@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
     return device
 
 
@@ -100,11 +100,11 @@ class DatasetBatches:
         world_size: int = 1,
     ) -> None:
         if batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={batch_size} must be divisible by the number of processes ({world_size})"
             )
         if batch_size > len(ds):
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={batch_size} is larger than the training set ({len(ds)} images); "
                 "lower train.batch_size or raise data.train_subset"
             )

@@ -225,6 +225,8 @@ def run_training(
         finally:
             if sink is not None:
                 sink.close()
+        # Every rank waits here: a rank that leaves while rank 0 still evaluates tears down gloo under it.
+        distributed.barrier()
         if info.rank == 0:
             write_json_atomic(
                 out_dir / "summary.json",

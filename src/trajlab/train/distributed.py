@@ -59,7 +59,13 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, *, sync_bn:
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:

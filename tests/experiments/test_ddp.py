@@ -1,0 +1,70 @@
+"""torchrun --nproc_per_node 2 on CPU (gloo): same global batches and the same loss curve as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trajlab.train.metrics import read_metrics
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _overrides(tiny):
+    # No BatchNorm: with DDP each rank normalises its own half batch, so a BN net differs by design.
+    return [
+        *tiny,
+        "model.name=simple_cnn",
+        "model.width=8",
+        "model.channels_last=false",
+        "train.log_every_steps=1",
+    ]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_single_process(tmp_path, tiny_overrides):
+    overrides = _overrides(tiny_overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "single"), str(tmp_path / "single_idx"), *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(WORKER),
+            str(tmp_path / "ddp"),
+            str(tmp_path / "ddp_idx"),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ref = json.loads((tmp_path / "single_idx.rank0").read_text())
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"ddp_idx.rank{rank}").read_text()) == ref  # identical global batches
+    a = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "train"]
+    b = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4, abs=1e-6)
+    ea = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "eval"]
+    eb = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["test_acc"] for r in ea] == pytest.approx([r["test_acc"] for r in eb], abs=1 / 128 + 1e-9)
