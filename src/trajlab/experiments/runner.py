@@ -80,7 +80,7 @@ def check_out_dir(out_dir: Path, cfg: RunConfig) -> None:
 
 
 def _make_callbacks(
-    cfg: RunConfig, run_dir: Path, test_batches: Any, batches: build.DatasetBatches, extra: Sequence[Any]
+    cfg: RunConfig, run_dir: Path, model: torch.nn.Module, batches: build.DatasetBatches, extra: Sequence[Any]
 ) -> list[Any]:
     callbacks: list[Any] = []
     if cfg.record.enabled:
@@ -95,9 +95,11 @@ def _make_callbacks(
             )
         )
     if cfg.averaging.enabled:
-        from trajlab.experiments.plugins import averaging_callback
+        from trajlab.experiments.plugins import LiveRecalibrated, averaging_callback
 
-        callbacks.append(averaging_callback(cfg))
+        callbacks.append(averaging_callback(cfg, model))
+        if cfg.averaging.eval_bn == "recalibrate":
+            callbacks.append(LiveRecalibrated(cfg.averaging.bn_batches))
     if cfg.probes.every_steps > 0:
         from trajlab.experiments.plugins import probe_callback
 
@@ -193,7 +195,7 @@ def run_training(
             _write_run_files(out_dir, cfg, device, command, resumed_at=state["step"] if state else None)
             if state is not None:
                 truncate_after(out_dir / "metrics.jsonl", int(state["step"]))
-        callbacks = _make_callbacks(cfg, out_dir, eval_batches, batches, extra_callbacks)
+        callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks)
         sink = None
         if info.rank == 0:
             tb_dir = out_dir / "tensorboard" if cfg.train.tensorboard else None

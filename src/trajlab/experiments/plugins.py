@@ -1,0 +1,79 @@
+"""Builds the optional training callbacks (averaging, probes) from a RunConfig.
+
+``train/`` never imports these packages; this glue does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from trajlab.config import RunConfig
+from trajlab.train.callbacks import CallbackBase, StepContext
+
+
+def averaging_rules(cfg: RunConfig) -> tuple[list[Any], list[int]]:
+    """The rules named by ``cfg.averaging`` and the update period of each.
+
+    TwoPoint averages update every ``gcd(gap, eval period)`` steps: exact at every evaluation, with a
+    ring of ``gap / period + 1`` snapshots instead of ``gap + 1``.
+    """
+    from trajlab.averaging import EMA, SWA, TwoPoint
+
+    a = cfg.averaging
+    rules: list[Any] = []
+    every: list[int] = []
+    for decay in a.ema_decays:
+        rules.append(EMA(decay=decay))
+        every.append(a.every_steps)
+    for half_life in a.ema_half_life_steps:
+        rules.append(EMA(half_life_steps=half_life))
+        every.append(a.every_steps)
+    for start in a.swa_start_steps:
+        rules.append(SWA(start_step=start))
+        every.append(a.every_steps)
+    eval_every = cfg.train.eval_every_steps or 0
+    for gap in a.two_point_gaps:
+        rules.append(TwoPoint(gap_steps=gap))
+        every.append(math.gcd(gap, eval_every) if eval_every else a.every_steps)
+    return rules, every
+
+
+def averaging_callback(cfg: RunConfig, model: nn.Module) -> CallbackBase:
+    from trajlab.averaging import AveragedWeights, AveragingCallback
+
+    rules, every = averaging_rules(cfg)
+    device = torch.device(cfg.averaging.device) if cfg.averaging.device else None
+    averaged = AveragedWeights(model, rules, every_steps=every, device=device)
+    return AveragingCallback(averaged, eval_bn=cfg.averaging.eval_bn, bn_batches=cfg.averaging.bn_batches)
+
+
+class LiveRecalibrated(CallbackBase):
+    """Evaluates the live model with recalibrated BatchNorm statistics, on a scratch copy.
+
+    Averages are evaluated with recalibrated BN; recalibration alone moves accuracy by several points, so
+    the fair baseline is the last iterate recalibrated the same way (reported as ``live_recal/*``).
+    """
+
+    name = "live_recalibrated"
+
+    def __init__(self, bn_batches: int) -> None:
+        self.bn_batches = bn_batches
+
+    def on_eval(self, ctx: StepContext) -> dict[str, float]:
+        from trajlab.averaging import update_bn
+
+        scratch = copy.deepcopy(ctx.model)
+        update_bn(scratch, ctx.train_batches(self.bn_batches), max_batches=self.bn_batches)
+        metrics = ctx.evaluate(scratch)
+        return {"live_recal/test_loss": float(metrics["loss"]), "live_recal/test_acc": float(metrics["acc"])}
+
+
+def probe_callback(cfg: RunConfig, run_dir: Any, batches: Any) -> CallbackBase:
+    from trajlab.probes import ProbeCallback
+
+    return ProbeCallback.from_config(cfg.probes, run_dir=run_dir, batches=batches)
