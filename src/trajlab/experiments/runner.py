@@ -135,10 +135,10 @@ def run_training(
         cfg = saved
         from trajlab.trajectory import load_latest_checkpoint
 
+        if (out_dir / "summary.json").is_file():
+            raise RunDirError(f"{out_dir} is already complete (summary.json); nothing to resume")
         state = load_latest_checkpoint(out_dir)
         if state is None:
-            if (out_dir / "summary.json").is_file():
-                raise RunDirError(f"{out_dir} is already complete (summary.json); nothing to resume")
             raise RunDirError(
                 f"{out_dir} has no training checkpoint to resume from; "
                 "runs need record.checkpoint_every_steps > 0"

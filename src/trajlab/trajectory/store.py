@@ -1,0 +1,297 @@
+"""``TrajectoryStore``: the reading side of a recorded run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from torch import nn
+
+from trajlab.trajectory import layout
+from trajlab.trajectory.batchlog import BatchLogReader, ChunkScan
+from trajlab.trajectory.errors import TrajectoryError
+from trajlab.trajectory.manifest import ManifestProblem, SnapshotEntry, read_manifest
+from trajlab.trajectory.verify import VerifyReport
+
+logger = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+
+class TrajectoryStore:
+    """Read a run directory's trajectory: snapshots (memory-mapped safetensors), batch log, config.
+
+    Args:
+        run_dir: the run directory (holding ``trajectory/``).
+        dataset: the training dataset for :meth:`batch`; default: rebuilt from ``config.json``'s data section.
+
+    Raises:
+        TrajectoryError: ``trajectory/format.json`` missing or of another format version.
+
+    Example::
+
+        store = TrajectoryStore("runs/fashion")
+        for step, state in store.iter_snapshots():   # one snapshot in memory at a time
+            model.load_state_dict(state)
+        x, y = store.batch(500)                      # exactly what step 500 trained on
+    """
+
+    def __init__(self, run_dir: str | Path, dataset: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.traj_dir = self.run_dir / layout.TRAJECTORY_DIR
+        layout.check_format_file(self.traj_dir)
+        entries, self._manifest_problems = read_manifest(self.traj_dir / layout.MANIFEST_FILE)
+        self._by_step: dict[int, SnapshotEntry] = {}
+        self._duplicates: list[SnapshotEntry] = []
+        for entry in entries:
+            if entry.step in self._by_step:
+                self._duplicates.append(entry)
+            self._by_step[entry.step] = entry
+        self._by_step = dict(sorted(self._by_step.items()))
+        self._batches = BatchLogReader(self.traj_dir / layout.BATCH_DIR)
+        self._dataset = dataset
+        self._config: dict[str, Any] | None = None
+
+    # ---- snapshots -------------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> list[SnapshotEntry]:
+        """The manifest entries, one per complete snapshot, in step order."""
+        return list(self._by_step.values())
+
+    def steps(self) -> list[int]:
+        """Steps that have a snapshot, ascending."""
+        return list(self._by_step)
+
+    def entry(self, step: int) -> SnapshotEntry:
+        """The manifest entry of ``step``. Raises TrajectoryError naming the nearest steps if absent."""
+        if step not in self._by_step:
+            steps = self.steps()
+            have = f"{len(steps)} snapshots, steps {steps[0]}..{steps[-1]}" if steps else "no snapshots"
+            raise TrajectoryError(
+                f"{self.traj_dir / layout.MANIFEST_FILE}: no snapshot of step {step} ({have})"
+            )
+        return self._by_step[step]
+
+    def path(self, step: int) -> Path:
+        """The snapshot file of ``step``."""
+        return self.traj_dir / self.entry(step).file
+
+    def load(
+        self, step: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> StateDict:
+        """The state dict saved at ``step`` (parameters and buffers by name).
+
+        The file is memory-mapped (safetensors ``safe_open``); tensors are materialised on ``device``.
+
+        Args:
+            step: a step of :meth:`steps`.
+            device: where to put the tensors (default CPU).
+            dtype: cast floating-point tensors to this dtype (integer buffers keep theirs); default: as
+                stored.
+
+        Raises:
+            TrajectoryError: no such step, file missing, wrong size, or not a valid safetensors file.
+        """
+        path = self._checked_path(step)
+        device_name = str(torch.device(device)) if device is not None else "cpu"
+        try:
+            with safetensors.safe_open(str(path), framework="pt", device=device_name) as handle:
+                state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
+            raise TrajectoryError(
+                f"{path}: corrupt snapshot of step {step} ({exc}); run `trajlab runs verify`"
+            ) from exc
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        return state
+
+    def load_into(self, model: nn.Module, step: int) -> nn.Module:
+        """Check the snapshot fits ``model`` and load it (into the model's dtypes and device); returns it."""
+        self.check_compatible(model, step)
+        model.load_state_dict(self.load(step))
+        return model
+
+    def iter_snapshots(
+        self,
+        steps: Iterable[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Iterator[tuple[int, StateDict]]:
+        """``(step, state dict)`` in step order, loading one snapshot at a time (default: all steps)."""
+        for step in sorted(self.steps() if steps is None else steps):
+            yield step, self.load(step, device=device, dtype=dtype)
+
+    def check_compatible(self, model: nn.Module, step: int | None = None) -> None:
+        """Check the snapshot's tensor names and shapes against ``model.state_dict()`` (header only).
+
+        Args:
+            model: the model the snapshot is meant for.
+            step: which snapshot (default: the first one).
+
+        Raises:
+            TrajectoryError: naming the file, the step and the first mismatches.
+        """
+        if step is None:
+            if not self._by_step:
+                raise TrajectoryError(
+                    f"{self.traj_dir / layout.MANIFEST_FILE}: no snapshots to check against"
+                )
+            step = self.steps()[0]
+        path = self._checked_path(step)
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
+            raise TrajectoryError(f"{path}: corrupt snapshot of step {step} ({exc})") from exc
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        problems = _describe_mismatch(stored, expected)
+        if problems:
+            raise TrajectoryError(
+                f"{path}: snapshot of step {step} does not fit {type(model).__name__}: {problems}"
+            )
+
+    def _checked_path(self, step: int) -> Path:
+        entry = self.entry(step)
+        path = self.traj_dir / entry.file
+        if not path.is_file():
+            raise TrajectoryError(
+                f"{path}: snapshot of step {step} is missing (manifest line {entry.lineno}); "
+                "run `trajlab runs verify`"
+            )
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise TrajectoryError(
+                f"{path}: snapshot of step {step} has {size} bytes, the manifest says {entry.bytes} "
+                "(truncated or altered); run `trajlab runs verify`"
+            )
+        return path
+
+    # ---- batches ---------------------------------------------------------------------------------------
+    def batch_steps(self) -> list[int]:
+        """Steps present in the batch log, ascending."""
+        return self._batches.steps()
+
+    @property
+    def manifest_problems(self) -> list[ManifestProblem]:
+        """Manifest lines that could not be read, and duplicated steps' later lines."""
+        return list(self._manifest_problems)
+
+    @property
+    def duplicate_entries(self) -> list[SnapshotEntry]:
+        """Manifest entries whose step was listed earlier too (the later line wins)."""
+        return list(self._duplicates)
+
+    def batch_log_scans(self) -> list[tuple[Path, ChunkScan]]:
+        """Each batch-log chunk file with the result of reading its records, in step order."""
+        return [(path, self._batches.scan(i)[2]) for i, path in enumerate(self._batches.chunk_paths)]
+
+    def batch_log_files(self) -> list[Path]:
+        """The batch log's chunk files, in step order."""
+        return self._batches.chunk_paths
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """int64 tensor [global_batch] of the training-set indices of ``B_step`` (step >= 1)."""
+        return self._batches.indices(step)
+
+    def aug_seed(self, step: int) -> int:
+        """The augmentation seed of ``B_step``."""
+        return self._batches.aug_seed(step)
+
+    def batch(self, step: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebuild ``(x, y)``, the exact global batch step ``step`` trained on (same augmentation draws).
+
+        Uses the run's data recipe: ``trajlab.experiments.build.build_train_data(config)`` (or the
+        ``dataset`` given to the constructor) and ``trajlab.data.make_batch``.
+
+        Returns:
+            float32 ``x`` [B, C, H, W] and int64 ``y`` [B] on ``device`` (default CPU).
+        """
+        from trajlab.data import make_batch
+
+        data_cfg = self._data_config()
+        indices = self.batch_indices(step)
+        seed = self.aug_seed(step)
+        x, y = make_batch(
+            self.dataset(),
+            indices,
+            aug_seed=seed if data_cfg.get("augment", True) else None,
+            crop_padding=int(data_cfg.get("crop_padding", 4)),
+            flip=bool(data_cfg.get("flip", True)),
+            device=device if device is not None else "cpu",
+        )
+        return x, y
+
+    def dataset(self) -> Any:
+        """The training dataset (the one given, or rebuilt once from ``config.json``)."""
+        if self._dataset is None:
+            from trajlab.experiments.build import build_train_data
+
+            self._dataset = build_train_data(self._require_config())
+        return self._dataset
+
+    def _data_config(self) -> dict[str, Any]:
+        config = self.config
+        return dict(config.get("data", {})) if config else {}
+
+    # ---- config ----------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The run's resolved ``config.json`` as a dict (``None`` if the run directory has none)."""
+        if self._config is None:
+            path = self.run_dir / "config.json"
+            if not path.is_file():
+                return None
+            try:
+                self._config = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise TrajectoryError(f"{path}: unreadable run config ({exc})") from exc
+        return self._config
+
+    def _require_config(self) -> dict[str, Any]:
+        config = self.config
+        if config is None:
+            raise TrajectoryError(
+                f"{self.run_dir / 'config.json'}: missing; pass dataset= to TrajectoryStore to rebuild "
+                "batches"
+            )
+        return config
+
+    # ---- verification ----------------------------------------------------------------------------------
+    def verify(self, check_hashes: bool = True) -> VerifyReport:
+        """Check every snapshot against its manifest line (size and sha256) and the batch log's integrity.
+
+        Finds: missing, truncated or corrupt snapshots; manifest lines that do not parse or point nowhere;
+        duplicate steps; batch-log records that are corrupt, missing (gaps) or duplicated. Leftovers of a
+        killed writer (temporary files, a complete snapshot whose manifest line was never written, a torn last
+        record) are warnings: resuming cleans them up.
+
+        Args:
+            check_hashes: hash every file (else sizes only).
+        """
+        from trajlab.trajectory.verify import verify_store
+
+        return verify_store(self, check_hashes)
+
+
+def _describe_mismatch(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    shapes = sorted(k for k in set(stored) & set(expected) if stored[k] != expected[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing from the file ({_few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors the model lacks ({_few(unexpected)})")
+    if shapes:
+        shown = ", ".join(f"{k}: file {list(stored[k])} vs model {list(expected[k])}" for k in shapes[:3])
+        parts.append(f"{len(shapes)} shape mismatches ({shown}{', ...' if len(shapes) > 3 else ''})")
+    return "; ".join(parts)
+
+
+def _few(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
