@@ -178,3 +178,29 @@ def test_adamw_and_schedules_train(tmp_path, tiny_overrides):
     assert rows[0]["lr"] == pytest.approx(0.003)  # step 3: end of warmup
     assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert out.result.steps_done == 12
+
+
+def test_branch_from_checkpoint_sees_the_same_batches(tmp_path, tiny_overrides):
+    from trajlab.trajectory import TrajectoryStore
+
+    rec = ["record.enabled=true", "record.snapshots={every_steps = 3}", "record.checkpoint_every_steps=6"]
+    rec.append("record.keep_checkpoints=5")
+    base = resolve_config(None, None, [*tiny_overrides, *rec])
+    run_training(base, tmp_path / "base")
+    # Same config: the branch continues exactly like the base run.
+    run_training(base, tmp_path / "same", branch_from=(tmp_path / "base", 6))
+    # Half the lr from step 6 on, fed the identical batches.
+    half = resolve_config(None, None, [*tiny_overrides, *rec, "optim.lr=0.025"])
+    run_training(half, tmp_path / "half", branch_from=(tmp_path / "base", 6))
+    sb, ss, sh = (TrajectoryStore(tmp_path / d) for d in ("base", "same", "half"))
+    assert ss.steps() == sh.steps() == [6, 9, 12]
+    for step in (7, 12):
+        assert torch.equal(sb.batch_indices(step), sh.batch_indices(step))
+        assert sb.aug_seed(step) == sh.aug_seed(step)
+    for step in (6, 9, 12):
+        for k, v in sb.load(step).items():
+            assert torch.equal(v, ss.load(step)[k]), (step, k)
+    assert not torch.equal(sb.load(12)["fc.weight"], sh.load(12)["fc.weight"])
+    assert json.loads((tmp_path / "half" / "branch.json").read_text())["source_step"] == 6
+    with pytest.raises(RunDirError, match="cannot branch"):
+        run_training(half, tmp_path / "bad", branch_from=(tmp_path / "base", 5))

@@ -122,10 +122,17 @@ def run_training(
     resume: bool = False,
     command: list[str] | None = None,
     extra_callbacks: Sequence[Any] = (),
+    branch_from: tuple[str | os.PathLike, int] | None = None,
 ) -> RunOutcome:
-    """Train the run described by ``cfg`` into ``out_dir`` (or continue it with ``resume=True``)."""
+    """Train the run described by ``cfg`` into ``out_dir`` (or continue it with ``resume=True``).
+
+    ``branch_from=(run_dir, step)`` starts a new run from another run's training checkpoint at ``step``
+    (model, optimizer state, RNG): with the same ``train.seed`` it is fed exactly the batches the source
+    run saw after ``step``, so two branches differ only by what ``cfg`` changes (e.g. the schedule).
+    """
     out_dir = Path(out_dir)
     state = None
+    branch_state = None
     if resume:
         saved = load_run_config(out_dir)
         if cfg is not None and cfg.to_dict() != saved.to_dict():
@@ -147,6 +154,16 @@ def run_training(
         raise ConfigError("no config given")
     else:
         check_out_dir(out_dir, cfg)
+        if branch_from is not None:
+            from trajlab.trajectory import load_checkpoint
+
+            src_dir, src_step = Path(branch_from[0]), int(branch_from[1])
+            ckpt = src_dir / "checkpoints" / f"ckpt_{src_step:09d}.pt"
+            if not ckpt.is_file():
+                raise RunDirError(
+                    f"cannot branch: {ckpt} does not exist (is step {src_step} a checkpoint step?)"
+                )
+            branch_state = load_checkpoint(ckpt)
 
     info = distributed.DistInfo.from_env()
     device = build.resolve_device(cfg.train.device)
@@ -193,6 +210,11 @@ def run_training(
         if info.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             _write_run_files(out_dir, cfg, device, command, resumed_at=state["step"] if state else None)
+            if branch_from is not None:
+                write_json_atomic(
+                    out_dir / "branch.json",
+                    {"source_run": str(branch_from[0]), "source_step": int(branch_from[1])},
+                )
             if state is not None:
                 truncate_after(out_dir / "metrics.jsonl", int(state["step"]))
         callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks)
@@ -219,6 +241,9 @@ def run_training(
             progress=cfg.train.progress,
             reduce_loss=distributed.mean_over_ranks if info.enabled else None,
         )
+        if branch_state is not None:
+            trainer.load_state_dict(branch_state, branch=True)
+            log.info("branching from %s at step %d", branch_from[0], trainer.step)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s at step %d of %d", out_dir, trainer.step, total_steps)

@@ -153,7 +153,9 @@ class Trainer:
             },
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, branch: bool = False) -> None:
+        """Continue from ``state``. ``branch=True`` starts a *new* run from it (model, optimizer, RNG and
+        step are taken; callbacks and the loss accumulator start fresh, as in a new run)."""
         if state.get("format") != "trajlab-trainer-state":
             raise ValueError("not a trajlab training checkpoint (format field missing)")
         self.model.load_state_dict(state["model"])
@@ -162,6 +164,8 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
+        if branch:
+            return
         self._loss_sum = state["loss_sum"].to(self.device)
         self._loss_count = int(state["loss_count"])
         saved = state.get("callbacks", {})
