@@ -21,6 +21,21 @@ class DumpIndices(CallbackBase):
     def on_train_end(self, ctx):
         with open(f"{self.path}.rank{ctx.rank}", "w") as fh:
             json.dump(self.rows, fh)
+        # Every rank's online averages (if any), flattened to lists, to compare across ranks.
+        averaging = ctx.trainer_state()["callbacks"].get("averaging")
+        if averaging:
+            flat = {}
+
+            def walk(d, prefix):
+                for k, v in d.items():
+                    if isinstance(v, dict):
+                        walk(v, f"{prefix}{k}.")
+                    elif hasattr(v, "tolist"):
+                        flat[prefix + k] = v.flatten().tolist()
+
+            walk(averaging, "")
+            with open(f"{self.path}.avg.rank{ctx.rank}", "w") as fh:
+                json.dump(flat, fh)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,45 @@ def test_two_process_gloo_matches_single_process(tmp_path, tiny_overrides):
     ea = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "eval"]
     eb = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["test_acc"] for r in ea] == pytest.approx([r["test_acc"] for r in eb], abs=1 / 128 + 1e-9)
+
+
+@pytest.mark.slow
+def test_two_process_online_averages_agree_on_every_rank(tmp_path, tiny_overrides):
+    """Issue 4, item 6: under DDP every rank holds the same average (and it matches one process)."""
+    overrides = [*_overrides(tiny_overrides), "averaging.ema_decays=[0.9]", "averaging.two_point_gaps=[4]"]
+    overrides.append("averaging.bn_batches=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "single"), str(tmp_path / "s"), *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(WORKER),
+            str(tmp_path / "ddp"),
+            str(tmp_path / "d"),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    r0 = json.loads((tmp_path / "d.avg.rank0").read_text())
+    r1 = json.loads((tmp_path / "d.avg.rank1").read_text())
+    single = json.loads((tmp_path / "s.avg.rank0").read_text())
+    assert r0 and r0.keys() == r1.keys() == single.keys()
+    assert r0 == r1  # bit-identical across ranks
+    for key in r0:
+        assert r0[key] == pytest.approx(single[key], rel=1e-4, abs=1e-5), key
