@@ -16,7 +16,15 @@ import torch
 from torch import nn
 
 from trajlab.config import ConfigError, DataConfig, RunConfig
-from trajlab.data import BatchSampler, ImageDataset, iterate_eval, load_dataset, make_batch, subset
+from trajlab.data import (
+    BatchSampler,
+    ImageDataset,
+    iterate_eval,
+    load_dataset,
+    make_batch,
+    shard_rows,
+    subset,
+)
 from trajlab.models import build_model
 from trajlab.train.optim import build_optimizer
 from trajlab.train.schedules import Schedule, ScheduleSpec, build_schedule
@@ -118,8 +126,7 @@ class DatasetBatches:
         self.world_size = world_size
         self.global_batch_size = batch_size
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        local = batch_size // world_size
-        self._rows = slice(rank * local, (rank + 1) * local)
+        self._rows = shard_rows(batch_size, rank, world_size)
 
     def _make(
         self, indices: torch.Tensor, aug_seed: int, rows: slice | None
