@@ -13,6 +13,8 @@ torch.set_num_threads(int(os.environ.get("TRAJLAB_NUM_THREADS", "2")))
 TINY = [
     "data.name=synthetic",
     "data.pad_to=0",
+    "data.train_subset=0",
+    "data.test_subset=0",
     "data.synthetic={n = 256, n_test = 128, num_classes = 4, channels = 1, size = 16, seed = 3}",
     "model.name=resnet20",
     "model.width=4",
