@@ -35,9 +35,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, ModelError, RunDirError]
     for module, name in (
         ("trajlab.trajectory", "TrajectoryError"),
-        ("trajlab.averaging", "AveragingError"),
-        ("trajlab.theory", "TheoryError"),
-        ("trajlab.probes", "ProbeError"),
+        ("trajlab.averaging", "NotRepresentableError"),
     ):
         with contextlib.suppress(ImportError, AttributeError):
             errors.append(getattr(importlib.import_module(module), name))

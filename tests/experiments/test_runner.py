@@ -204,3 +204,12 @@ def test_branch_from_checkpoint_sees_the_same_batches(tmp_path, tiny_overrides):
     assert json.loads((tmp_path / "half" / "branch.json").read_text())["source_step"] == 6
     with pytest.raises(RunDirError, match="cannot branch"):
         run_training(half, tmp_path / "bad", branch_from=(tmp_path / "base", 5))
+
+
+def test_online_probes_during_training(tmp_path, tiny_overrides):
+    cfg = resolve_config(None, None, [*tiny_overrides, "probes.every_steps=6", "probes.heldout_batches=1"])
+    run_training(cfg, tmp_path / "run")
+    lines = (tmp_path / "run" / "probes" / "online.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["step"] for r in rows] == [6, 12]
+    assert all("lr_star" in json.dumps(r) for r in rows)

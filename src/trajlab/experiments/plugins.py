@@ -74,6 +74,35 @@ class LiveRecalibrated(CallbackBase):
 
 
 def probe_callback(cfg: RunConfig, run_dir: Any, batches: Any) -> CallbackBase:
+    """Online line probes (``cfg.probes``) appended to ``RUN/probes/online.jsonl``.
+
+    The probed batch B_t is rebuilt by ``batches.batch(t)`` (this rank's rows; the callback runs on rank 0
+    only); the held-out controls are the first ``probes.heldout_batches`` test batches; the direction
+    includes coupled weight decay for SGD (what its update uses) and none for AdamW.
+    """
+    from pathlib import Path
+
+    from trajlab.data import iterate_eval
+    from trajlab.experiments.build import build_test_data
     from trajlab.probes import ProbeCallback
 
-    return ProbeCallback.from_config(cfg.probes, run_dir=run_dir, batches=batches)
+    p = cfg.probes
+    heldout: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if p.heldout_batches > 0:
+        for x, y in iterate_eval(build_test_data(cfg), cfg.train.batch_size, device=torch.device("cpu")):
+            if len(heldout) == p.heldout_batches:
+                break
+            heldout.append((x, y))
+
+    def batch_fn(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _, _ = batches.batch(ctx.step)
+        return x, y
+
+    return ProbeCallback(
+        Path(run_dir) / "probes" / "online.jsonl",
+        every_steps=p.every_steps,
+        heldout_batches=heldout,
+        bn_modes=(p.bn,),
+        weight_decay=cfg.optim.weight_decay if cfg.optim.name == "sgd" else 0.0,
+        batch_fn=batch_fn,
+    )

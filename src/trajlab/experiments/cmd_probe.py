@@ -1,0 +1,460 @@
+"""``trajlab probe RUN_DIR``: the paper's fixed mini-batch measurements on a recorded run.
+
+* ``--line`` (the default): at each probed checkpoint theta_s, the line profile f(lr) = L_B(theta_s - lr d)
+  of a training batch B along its own update direction d = g_B (+ lambda theta_s with
+  ``--weight-decay-in-grad``), with ``--batches N`` held-out test batches along the same line as the
+  control; the quadratic fit's R^2 on [0, 2 lr*], the one-step fraction f(lr*)/f(0), lr*/lr and
+  lr*/(lr/(1-momentum)). B is B_(s+1), the batch of the step actually taken from theta_s
+  (``--batch next``, default), or B_s, the batch just used (``--batch used``, as the online probe does).
+* ``--matrix``: the loss of those training batches and the held-out ones at every stored checkpoint (capped),
+  and the memory curve of a used batch against the held-out mean.
+* ``--alignment``: cosines of mini-batch gradients to the exact full-training-set gradient, B_simple, B_noise.
+
+Writes ``OUT/probe.json`` (results, distributions, cost, run config, provenance) and PNG plots; the BN
+mode (batch or running statistics) is recorded with every result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from trajlab.cli import UsageError, _argv, _out
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "probe.json"
+SUMMARY_KEYS = (
+    "r2",
+    "one_step_fraction",
+    "lr_star_over_lr",
+    "lr_star_over_effective_lr",
+    "heldout_fraction_at_lr_star",
+    "curvature_fit_over_hvp",
+)
+
+
+def register(sub: Any) -> None:
+    """Add ``probe`` to ``trajlab``'s subparsers."""
+    p = sub.add_parser(
+        "probe",
+        help="fixed mini-batch line profiles, loss matrix and gradient alignment of a recorded run",
+        description="Measure a recorded run's fixed mini-batch losses (arXiv 2301.02312, sec. 2): line "
+        "profiles along each batch's gradient with a quadratic fit and held-out control (--line, the "
+        "default), a batches x checkpoints loss matrix with the memory of used batches (--matrix), and "
+        "gradient alignment with the full-data gradient (--alignment). Example: trajlab probe runs/fashion "
+        "--line --matrix --steps 0,1000,5000 --batches 4 --bn both --out runs/fashion/probes",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run recorded with record.enabled=true")
+    p.add_argument("--line", action="store_true", help="line profiles (implied when nothing else is asked)")
+    p.add_argument("--matrix", action="store_true", help="also the loss matrix and batch memory curves")
+    p.add_argument("--alignment", action="store_true", help="also gradient alignment and noise scales")
+    p.add_argument(
+        "--steps",
+        type=_int_list,
+        help="comma-separated checkpoint steps (default: all stored, evenly capped to --max-steps)",
+    )
+    p.add_argument("--max-steps", type=int, default=8, help="cap of the default step list (default 8)")
+    p.add_argument(
+        "--batch",
+        choices=["next", "used"],
+        default="next",
+        help="probe B_(s+1), the batch of the step taken from theta_s (default), or B_s, the batch just used",
+    )
+    p.add_argument(
+        "--batches", type=int, default=2, metavar="N", help="held-out test batches as controls (default 2)"
+    )
+    p.add_argument(
+        "--bn",
+        choices=["batch", "running", "both"],
+        default="both",
+        help="BatchNorm statistics (default both)",
+    )
+    p.add_argument(
+        "--weight-decay-in-grad",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add optim.weight_decay * theta to the direction (default: yes for sgd, whose update has it)",
+    )
+    p.add_argument("--points", type=int, default=32, help="lr grid budget of each profile (default 32)")
+    p.add_argument(
+        "--hvp", action=argparse.BooleanOptionalAction, default=True, help="HVP curvature (default: on)"
+    )
+    p.add_argument("--matrix-steps", type=int, default=32, help="cap of the loss matrix's checkpoints")
+    p.add_argument(
+        "--alignment-batches", type=int, default=4, help="consecutive training batches per alignment (>= 2)"
+    )
+    p.add_argument("--hessian-batches", type=int, default=4, help="full-data batches used for B_noise's H")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:1, ...")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/probes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/probe.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_probe)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one step")
+    return values
+
+
+# ------------------------------------------------------------------------------------------ handler
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Handler of ``trajlab probe``: check everything, then probe step by step, then write and summarise."""
+    ctx = _prepare(args)
+    from tqdm import tqdm
+
+    units = len(ctx["modes"]) * (
+        len(ctx["steps"]) * (int(ctx["line"]) + int(args.alignment)) + int(args.matrix)
+    )
+    result: dict[str, Any] = {"line": [], "matrix": {}, "alignment": []}
+    with tqdm(total=units, desc="probe", disable=args.quiet, unit="probe") as bar:
+        if ctx["line"]:
+            result["line"] = _line_profiles(ctx, bar)
+        if args.matrix:
+            result["matrix"] = _matrices(ctx, bar)
+        if args.alignment:
+            result["alignment"] = _alignments(ctx, bar)
+    doc = _document(args, ctx, result)
+    plots = _plots(ctx["out"], result)
+    from trajlab.provenance import write_json_atomic
+
+    write_json_atomic(ctx["out"] / RESULT_FILE, doc)
+    for line in _summary_lines(doc):
+        _out(line)
+    _out(f"wrote {ctx['out'] / RESULT_FILE} and {len(plots)} plot(s) in {ctx['out']}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """All checks and the shared objects (config, store, model, batches), before any probing."""
+    import torch
+
+    from trajlab.experiments import build
+    from trajlab.experiments.runner import load_run_config
+    from trajlab.trajectory import TrajectoryStore
+
+    for name, value, low in (
+        ("--batches", args.batches, 0),
+        ("--max-steps", args.max_steps, 1),
+        ("--points", args.points, 3),
+        ("--matrix-steps", args.matrix_steps, 1),
+        ("--alignment-batches", args.alignment_batches, 2),
+        ("--hessian-batches", args.hessian_batches, 1),
+    ):
+        if value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if args.matrix and args.batches < 1:
+        raise UsageError("--matrix compares used batches with held-out ones: give --batches N >= 1")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "probes"
+    if (out / RESULT_FILE).exists() and not args.overwrite:
+        raise UsageError(f"{out / RESULT_FILE} exists; choose another --out or pass --overwrite")
+    cfg = load_run_config(args.run_dir)
+    if cfg.train.num_threads > 0:  # the run's own thread budget (shared machines)
+        torch.set_num_threads(cfg.train.num_threads)
+    train_ds, test_ds = build.build_train_data(cfg), build.build_test_data(cfg)
+    store = TrajectoryStore(args.run_dir, dataset=train_ds)
+    steps, batch_of = _select_steps(args, store)
+    device = build.resolve_device(args.device)
+    model = build.build_model_for(cfg, train_ds).to(device)
+    store.check_compatible(model)
+    return {
+        "cfg": cfg,
+        "store": store,
+        "model": model,
+        "device": device,
+        "train_ds": train_ds,
+        "steps": steps,
+        "batch_of": batch_of,
+        "modes": ["batch", "running"] if args.bn == "both" else [args.bn],
+        "line": args.line or not (args.matrix or args.alignment),
+        "heldout": _heldout_batches(test_ds, cfg, args.batches, device),
+        "schedule": build.build_schedule_for(cfg, build.total_steps_for(cfg, len(train_ds))),
+        "weight_decay": _weight_decay(args, cfg),
+        "out": out,
+        "args": args,
+    }
+
+
+def _select_steps(args: argparse.Namespace, store: Any) -> tuple[list[int], dict[int, int]]:
+    """The checkpoints to probe and, for each, the step whose batch is profiled."""
+    import numpy as np
+
+    stored, logged = store.steps(), set(store.batch_steps())
+    offset = 1 if args.batch == "next" else 0
+    batch_of = {s: s + offset for s in stored if s + offset in logged and s + offset >= 1}
+    if args.steps is None:
+        eligible = sorted(batch_of)
+        if not eligible:
+            raise UsageError(
+                f"{args.run_dir}: no stored snapshot has a logged batch to probe (--batch {args.batch})"
+            )
+        picks = np.unique(np.round(np.linspace(0, len(eligible) - 1, min(args.max_steps, len(eligible)))))
+        return [eligible[int(i)] for i in picks], batch_of
+    for s in args.steps:
+        if s not in set(stored):
+            raise UsageError(
+                f"--steps {s}: no snapshot of that step; stored: {len(stored)} snapshots, "
+                f"steps {stored[0] if stored else '-'}..{stored[-1] if stored else '-'}"
+            )
+        if s not in batch_of:
+            other = "used" if args.batch == "next" else "next"
+            raise UsageError(
+                f"--steps {s}: the batch log has no B_{s + offset} to probe with --batch {args.batch}; "
+                f"use --batch {other} or another step"
+            )
+    return list(args.steps), batch_of
+
+
+def _heldout_batches(test_ds: Any, cfg: Any, n: int, device: Any) -> list[tuple[Any, Any]]:
+    """The first ``n`` full test-set batches of the training batch size (never trained on, not augmented)."""
+    from trajlab.data import iterate_eval
+
+    out = []
+    for x, y in iterate_eval(test_ds, cfg.train.batch_size, device=device):
+        if len(out) == n or len(y) < cfg.train.batch_size:
+            break
+        out.append((x, y))
+    if len(out) < n:
+        raise UsageError(
+            f"--batches {n}: the test set ({len(test_ds)} images) holds only {len(out)} batches of "
+            f"{cfg.train.batch_size}; lower --batches"
+        )
+    return out
+
+
+def _weight_decay(args: argparse.Namespace, cfg: Any) -> float:
+    wd = float(cfg.optim.weight_decay)
+    if args.weight_decay_in_grad is None:
+        return wd if cfg.optim.name == "sgd" else 0.0  # adamw's decay is decoupled: not in its direction
+    return wd if args.weight_decay_in_grad else 0.0
+
+
+# ------------------------------------------------------------------------------------------ probes
+
+
+def _line_profiles(ctx: dict[str, Any], bar: Any) -> list[dict[str, Any]]:
+    """One line profile per (checkpoint, BN mode), as JSON-ready records."""
+    import torch.nn.functional as F
+
+    from trajlab.probes import line_profile
+
+    cfg, store, model, device = ctx["cfg"], ctx["store"], ctx["model"], ctx["device"]
+    momentum = cfg.optim.momentum if cfg.optim.name == "sgd" else 0.0
+    controls = {f"heldout_{i}": b for i, b in enumerate(ctx["heldout"])}
+    records = []
+    for step in ctx["steps"]:
+        model.load_state_dict(store.load(step, device=device))
+        batch_step = ctx["batch_of"][step]
+        batch = store.batch(batch_step, device=device)
+        lr = float(ctx["schedule"](batch_step))
+        for bn in ctx["modes"]:
+            profile = line_profile(
+                model,
+                F.cross_entropy,
+                batch,
+                eval_batches=controls,
+                bn=bn,
+                weight_decay=ctx["weight_decay"],
+                num_points=ctx["args"].points,
+                hvp=ctx["args"].hvp,
+            )
+            records.append(_line_record(step, batch_step, lr, momentum, profile.to_dict()))
+            bar.update(1)
+    return records
+
+
+def _line_record(step: int, batch_step: int, lr: float, momentum: float, profile: dict) -> dict[str, Any]:
+    effective = lr / (1.0 - momentum)
+    heldout = [v for v in profile["control_at_lr_star"].values() if math.isfinite(v)]
+    hvp, fit = profile["curvature_hvp"], profile["curvature_fit"]
+    return {
+        "step": step,
+        "batch_step": batch_step,
+        "lr": lr,
+        "momentum": momentum,
+        "effective_lr": effective,
+        "lr_star_over_lr": profile["lr_star"] / lr if lr > 0 else math.nan,
+        "lr_star_over_effective_lr": profile["lr_star"] / effective if effective > 0 else math.nan,
+        "heldout_fraction_at_lr_star": sum(heldout) / len(heldout) if heldout else math.nan,
+        "r2": profile["fit"]["r2"],
+        "curvature_fit_over_hvp": fit / hvp if math.isfinite(hvp) and hvp != 0 else math.nan,
+        **profile,
+    }
+
+
+def _matrices(ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Loss matrix (used batches of the probed steps + held-out batches, x checkpoints) and memory curves."""
+    import numpy as np
+
+    from trajlab.experiments.build import build_model_for
+    from trajlab.probes import batch_memory, loss_matrix
+
+    stored = ctx["store"].steps()
+    cap = ctx["args"].matrix_steps
+    cols = [
+        stored[int(i)] for i in np.unique(np.round(np.linspace(0, len(stored) - 1, min(cap, len(stored)))))
+    ]
+    rows: dict[str, Any] = {f"step_{ctx['batch_of'][s]}": ctx["batch_of"][s] for s in ctx["steps"]}
+    rows.update({f"heldout_{i}": b for i, b in enumerate(ctx["heldout"])})
+    out = {}
+    for bn in ctx["modes"]:
+        matrix = loss_matrix(
+            ctx["store"],
+            rows,
+            cols,
+            lambda: build_model_for(ctx["cfg"], ctx["train_ds"]),
+            bn=bn,
+            device=ctx["device"],
+        )
+        out[bn] = {"matrix": matrix.to_dict(), "memory": batch_memory(matrix).to_dict()}
+        bar.update(1)
+    return out
+
+
+def _alignments(ctx: dict[str, Any], bar: Any) -> list[dict[str, Any]]:
+    """Gradient alignment at each probed checkpoint with the next ``--alignment-batches`` logged batches."""
+    import torch.nn.functional as F
+
+    from trajlab.data import iterate_eval
+    from trajlab.probes import gradient_alignment
+
+    store, model, device, args = ctx["store"], ctx["model"], ctx["device"], ctx["args"]
+    logged = set(store.batch_steps())
+    records = []
+    for step in ctx["steps"]:
+        first = ctx["batch_of"][step]
+        batch_steps = [u for u in range(first, first + args.alignment_batches) if u in logged]
+        if len(batch_steps) < 2:
+            log.warning("alignment at step %d skipped: fewer than 2 logged batches from B_%d", step, first)
+            bar.update(len(ctx["modes"]))
+            continue
+        model.load_state_dict(store.load(step, device=device))
+        batches = [store.batch(u, device=device) for u in batch_steps]
+        for bn in ctx["modes"]:
+            result = gradient_alignment(
+                model,
+                F.cross_entropy,
+                batches,
+                iterate_eval(ctx["train_ds"], ctx["cfg"].train.eval_batch_size, device=device),
+                bn=bn,
+                hessian_batches=args.hessian_batches,
+            )
+            records.append({"step": step, "batch_steps": batch_steps, **result.to_dict()})
+            bar.update(1)
+    return records
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """n, mean, std, min, quartiles and max of the finite ``values`` (nan fields when there are none)."""
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0, **{k: math.nan for k in ("mean", "std", "min", "q25", "median", "q75", "max")}}
+    q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(q[0]),
+        "q25": float(q[1]),
+        "median": float(q[2]),
+        "q75": float(q[3]),
+        "max": float(q[4]),
+    }
+
+
+def _summary(records: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    out = {}
+    for bn in modes:
+        rs = [r for r in records if r["bn"] == bn]
+        out[bn] = {key: distribution([r[key] for r in rs]) for key in SUMMARY_KEYS}
+        out[bn]["unbracketed"] = sum(not r["bracketed"] for r in rs)
+    return out
+
+
+def _document(args: argparse.Namespace, ctx: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    from trajlab.probes import CostLedger
+    from trajlab.provenance import provenance
+
+    cfg = ctx["cfg"]
+    costs = [CostLedger(**r["cost"]) for r in result["line"] + result["alignment"]]
+    costs += [CostLedger(**m["matrix"]["cost"]) for m in result["matrix"].values()]
+    return {
+        "kind": "trajlab.probe",
+        "run_dir": str(args.run_dir),
+        "steps": ctx["steps"],
+        "batch": args.batch,
+        "batch_steps": [ctx["batch_of"][s] for s in ctx["steps"]],
+        "bn_modes": ctx["modes"],
+        "weight_decay_in_direction": ctx["weight_decay"],
+        "heldout": {"source": "test set, first batches, not augmented", "batches": len(ctx["heldout"])},
+        "summary": _summary(result["line"], ctx["modes"]) if result["line"] else {},
+        "line": result["line"],
+        "matrix": result["matrix"],
+        "alignment": result["alignment"],
+        "cost_total": sum(costs, CostLedger()).to_dict(),
+        "run_config": cfg.to_dict(),
+        "provenance": provenance(seed=cfg.train.seed, device=ctx["device"], command=_argv(args)),
+    }
+
+
+def _plots(out: Path, result: dict[str, Any]) -> list[Path]:
+    from trajlab.reports.probe_plots import (
+        plot_batch_memory,
+        plot_line_profile,
+        plot_loss_matrix,
+        plot_lr_star_over_training,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [
+        (f"line_step{r['step']}_bn-{r['bn']}.png", lambda r=r: plot_line_profile(r)) for r in result["line"]
+    ]
+    if result["line"]:
+        figures.append(("lr_star.png", lambda: plot_lr_star_over_training(result["line"])))
+    for bn, m in result["matrix"].items():
+        figures.append((f"loss_matrix_bn-{bn}.png", lambda m=m: plot_loss_matrix(m["matrix"])))
+        figures.append((f"batch_memory_bn-{bn}.png", lambda m=m: plot_batch_memory(m["memory"])))
+    paths = []
+    for name, make in figures:
+        make().savefig(out / name, dpi=110)
+        paths.append(out / name)
+    return paths
+
+
+def _summary_lines(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for bn, s in doc["summary"].items():
+        med = {k: s[k]["median"] for k in SUMMARY_KEYS}
+        lines.append(
+            f"bn={bn}: {s['r2']['n']} profiles; median R^2 {med['r2']:.4f} "
+            f"(q25 {s['r2']['q25']:.4f}), one-step fraction {med['one_step_fraction']:.4f}, "
+            f"lr*/lr {med['lr_star_over_lr']:.3g}, lr*/(lr/(1-mu)) {med['lr_star_over_effective_lr']:.3g}, "
+            f"held-out f(lr*)/f(0) {med['heldout_fraction_at_lr_star']:.4f}, unbracketed {s['unbracketed']}"
+        )
+    for bn, m in doc["matrix"].items():
+        mem = m["memory"]
+        after = [a for k, a in zip(mem["steps_since"], mem["advantage"]) if k >= 0]
+        if after:
+            lines.append(f"bn={bn}: used-batch advantage over held-out right after use {after[0]:.4f}")
+    for r in doc["alignment"]:
+        cos = sum(r["cosine"]) / len(r["cosine"])
+        lines.append(
+            f"step {r['step']} bn={r['bn']}: mean cos(g_B, G) {cos:.4f}, B_simple {r['b_simple']:.3g}, "
+            f"B_noise {r['b_noise']:.3g}"
+        )
+    return lines

@@ -1,0 +1,125 @@
+"""The HTML report: every section whose inputs exist, self-contained images, escaping, seeds, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from report_fixtures import tiny_demo_run
+
+from trajlab.reports.html import build_report
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_demo_run(tmp_path_factory)
+
+
+SECTIONS = ("overview", "training", "probes", "memory", "averaging", "theory", "provenance")
+IMG = re.compile(r'<img src="([^"]*)"')
+
+
+def _images(page: str) -> list[str]:
+    return IMG.findall(page)
+
+
+def test_report_shows_every_section_with_embedded_images(demo_run: Path, tmp_path: Path) -> None:
+    page = build_report([demo_run], tmp_path / "r.html").read_text()
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in page
+    # Everything exists but a run at the reduced lr, which the demo does not train.
+    assert page.count("Not available") == 1 and "a measured run at the reduced lr" in page
+    images = _images(page)
+    assert len(images) >= 7  # curves, parabolas, lr*, matrix, memory, two-point, EMA (x2)
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    assert "R1:analysis/post_hoc.json" in page and "git revision" in page
+
+
+def test_sections_without_inputs_say_so(demo_run: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(demo_run / name, bare / name)
+    page = build_report([bare], tmp_path / "r.html").read_text()
+    assert "Not available: line probes" in page and "Not available: a loss matrix" in page
+    assert "Not available: theory fits" in page and "provenance.json</td><td>missing" in page
+    assert '<section id="training">' in page and len(_images(page)) == 1
+
+
+def test_user_strings_are_escaped(demo_run: Path, tmp_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    run = tmp_path / f"run{evil.replace('/', '_')}"
+    shutil.copytree(demo_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["preset"] = evil
+    cfg["data"]["data_dir"] = f'"><img src=x onerror=alert(1)>{evil}'
+    (run / "config.json").write_text(json.dumps(cfg))
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({evil: evil, "provenance": {"command": [evil]}}))
+    page = build_report([run], tmp_path / "r.html", extra_results=[extra], title=evil).read_text()
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert all(src.startswith("data:image/png;base64,") for src in _images(page))
+
+
+def test_runs_differing_only_by_seed_give_mean_std(demo_run: Path, tmp_path: Path) -> None:
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        shutil.copytree(demo_run, run)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["train"]["seed"] = seed
+        (run / "config.json").write_text(json.dumps(cfg))
+        post = json.loads((run / "analysis/post_hoc.json").read_text())
+        for row in post["rows"]:
+            row["test_acc"] += 0.01 * seed
+        (run / "analysis/post_hoc.json").write_text(json.dumps(post))
+        runs.append(run)
+    page = build_report(runs, tmp_path / "r.html").read_text()
+    assert "(R1, R2)" in page and "0, 1" in page and " ± " in page
+
+
+def test_probe_and_average_command_results(demo_run: Path, tmp_path: Path) -> None:
+    """``trajlab probe``'s RUN/probes/probe.json feeds the probe sections; an average JSON a table."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(demo_run / name, bare / name)
+    lines = [json.loads(x) for x in (demo_run / "analysis/line_probes.jsonl").read_text().splitlines()]
+    matrix = json.loads((demo_run / "analysis/loss_matrix.json").read_text())
+    memory = json.loads((demo_run / "analysis/batch_memory.json").read_text())
+    (bare / "probes").mkdir()
+    probe = {
+        "kind": "trajlab.probe",
+        "line": lines,
+        "matrix": {"batch": {"matrix": matrix, "memory": memory}},
+    }
+    (bare / "probes/probe.json").write_text(json.dumps(probe))
+    average = tmp_path / "average.json"
+    rows = [{"rule": "two_point_k8", "at_step": 24, "bn": "recalibrated", "test_loss": 0.5, "test_acc": 0.75}]
+    average.write_text(json.dumps({"kind": "trajlab.average", "run_dir": str(bare), "rows": rows}))
+    claim = tmp_path / "claim_E.json"
+    verdict = {"verdict": "reproduced", "criterion": "gain > 2 std", "n": 3}
+    claim.write_text(json.dumps({"claim": "E", "verdict": verdict, "seeds": [0, 1, 2]}))
+    page = build_report([bare], tmp_path / "r.html", extra_results=[average, claim]).read_text()
+    assert "<td>E</td><td>reproduced</td><td>gain &gt; 2 std</td>" in page
+    assert "R1:probes/probe.json" in page and "Not available: line probes" not in page
+    assert "Not available: a loss matrix" not in page and "<td>two_point_k8</td>" in page
+
+
+def test_report_command(demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trajlab import cli
+
+    out = tmp_path / "sub" / "report.html"
+    assert cli.main(["report", str(demo_run), "--out", str(out), "--title", "<b>t</b>"]) == 0
+    assert out.is_file() and str(out.resolve()) in capsys.readouterr().out
+    assert "<title>&lt;b&gt;t&lt;/b&gt;</title>" in out.read_text()
+    assert cli.main(["report", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a trajlab run directory" in capsys.readouterr().err
