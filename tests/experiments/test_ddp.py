@@ -26,37 +26,29 @@ def _overrides(tiny):
     ]
 
 
+def _launch(tmp_path, name, overrides, *, nproc=1):
+    """Run the worker in one process, or under torchrun with ``nproc`` processes (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
+    launcher = (
+        [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    )
+    if nproc > 1:
+        launcher += ["--nproc_per_node", str(nproc)]
+    proc = subprocess.run(
+        [*launcher, str(WORKER), str(tmp_path / name), str(tmp_path / f"{name}_idx"), *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_matches_single_process(tmp_path, tiny_overrides):
     overrides = _overrides(tiny_overrides)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path / "single"), str(tmp_path / "single_idx"), *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(WORKER),
-            str(tmp_path / "ddp"),
-            str(tmp_path / "ddp_idx"),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _launch(tmp_path, "single", overrides)
+    _launch(tmp_path, "ddp", overrides, nproc=2)
     ref = json.loads((tmp_path / "single_idx.rank0").read_text())
     for rank in (0, 1):
         assert json.loads((tmp_path / f"ddp_idx.rank{rank}").read_text()) == ref  # identical global batches
@@ -75,37 +67,11 @@ def test_two_process_online_averages_agree_on_every_rank(tmp_path, tiny_override
     """Issue 4, item 6: under DDP every rank holds the same average (and it matches one process)."""
     overrides = [*_overrides(tiny_overrides), "averaging.ema_decays=[0.9]", "averaging.two_point_gaps=[4]"]
     overrides.append("averaging.bn_batches=1")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path / "single"), str(tmp_path / "s"), *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(WORKER),
-            str(tmp_path / "ddp"),
-            str(tmp_path / "d"),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    r0 = json.loads((tmp_path / "d.avg.rank0").read_text())
-    r1 = json.loads((tmp_path / "d.avg.rank1").read_text())
-    single = json.loads((tmp_path / "s.avg.rank0").read_text())
+    _launch(tmp_path, "single", overrides)
+    _launch(tmp_path, "ddp", overrides, nproc=2)
+    r0 = json.loads((tmp_path / "ddp_idx.avg.rank0").read_text())
+    r1 = json.loads((tmp_path / "ddp_idx.avg.rank1").read_text())
+    single = json.loads((tmp_path / "single_idx.avg.rank0").read_text())
     assert r0 and r0.keys() == r1.keys() == single.keys()
     assert r0 == r1  # bit-identical across ranks
     for key in r0:
