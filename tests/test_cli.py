@@ -115,3 +115,25 @@ def test_resume_without_checkpoint_is_clear(tmp_path, tiny_overrides, capsys):
     assert "already complete" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a trajlab run directory" in capsys.readouterr().err
+
+
+def test_runs_table_over_seeds(tmp_path, tiny_overrides, capsys):
+    avg = ["averaging.ema_decays=[0.9]", "averaging.bn_batches=1"]
+    dirs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        args = ["train", "--out", str(out), "-q", "--set", f"train.seed={seed}"]
+        assert main(args + [a for o in [*tiny_overrides, *avg] for a in ("--set", o)]) == 0
+        dirs.append(str(out))
+    capsys.readouterr()
+    assert main(["runs", "table", *dirs, "--json"]) == 0
+    import json
+
+    table = json.loads(capsys.readouterr().out)
+    assert table["steps"] == [6, 12]
+    assert {"live (running BN)", "live (recalibrated BN)", "ema_0.9"} <= set(table["models"])
+    cell = table["cells"]["ema_0.9"]["12"]
+    assert cell["n"] == 2 and abs(cell["mean"] - sum(cell["values"]) / 2) < 1e-12
+    assert main(["runs", "table", *dirs]) == 0
+    assert "± " in capsys.readouterr().out
+    assert main(["runs", "table", str(tmp_path / "nope")]) == 2

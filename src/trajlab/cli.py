@@ -99,6 +99,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from trajlab.trajectory import format_summary, summarize_run, verify_run
 
+    if args.runs_command == "table":
+        from trajlab.experiments.tables import format_seed_table, seed_table
+
+        try:
+            table = seed_table(args.run_dirs, metric=args.metric, steps=args.steps)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        _out(json.dumps(table, indent=2) if args.json else format_seed_table(table))
+        return 0
     if args.runs_command == "show":
         summary = summarize_run(args.run_dir)
         _out(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -167,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = runs_sub.add_parser("verify", help="check every file against its sha256; exit 1 on any damage")
     q.add_argument("run_dir")
+    q = runs_sub.add_parser(
+        "table", help="mean ± std over runs (e.g. seeds) of every evaluated model's test metric per eval step"
+    )
+    q.add_argument("run_dirs", nargs="+")
+    q.add_argument("--metric", default="test_acc", choices=["test_acc", "test_loss"])
+    q.add_argument("--steps", type=int, nargs="+", help="only these evaluation steps")
+    q.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
 
     for register in _extra_registrars():
