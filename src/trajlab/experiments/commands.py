@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 # theory: the noisy quadratic model's maps and predictions; average: post-hoc averages of a recorded run;
-# probe: fixed-batch line profiles, loss matrix, alignment; report: the HTML report.
-_COMMAND_MODULES = ("cmd_theory", "cmd_average", "cmd_probe", "cmd_report")
+# probe: fixed-batch line profiles, loss matrix, alignment; report: the HTML report; reproduce: the
+# paper's claims A-H.
+_COMMAND_MODULES = ("cmd_theory", "cmd_average", "cmd_probe", "cmd_report", "cmd_reproduce")
 
 
 def _registrar(module: str) -> Callable[[Any], None]:

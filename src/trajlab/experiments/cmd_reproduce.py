@@ -1,0 +1,105 @@
+"""``trajlab reproduce CLAIM|all``: run the claim experiments A-H and write their verdicts.
+
+Results go to ``OUT/<budget>/claim_X.json`` (+ PNG figures) and the training runs to the run cache
+``OUT/<budget>/runs/``; a run that exists is reused, an interrupted one resumed, so the command can be
+stopped and started again (also in the background: ``nohup trajlab reproduce all --jobs 2 &``; bars go
+to stderr and can be turned off with ``--no-progress``). Run one ``reproduce`` per output directory at a
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from trajlab.cli import UsageError, _out
+
+log = logging.getLogger(__name__)
+
+CLAIM_NAMES = ("A", "B", "C", "D", "E", "F", "G", "H")
+# Cheapest first: H needs no training, A and B only the base runs.
+ORDER = ("H", "A", "B", "C", "D", "E", "F", "G")
+
+
+def register(sub: Any) -> None:
+    """Add ``reproduce`` to ``trajlab``'s subparsers."""
+    p = sub.add_parser(
+        "reproduce",
+        help="reproduce the paper's claims A-H (verdicts, numbers and figures)",
+        description="Run the claim experiments of paper.md section 5 and write OUT/BUDGET/claim_X.json "
+        "with the verdict, its criterion, the numbers, n, seeds and provenance, plus figures. Training "
+        "runs are cached by config and resumed when interrupted. Example: trajlab reproduce all "
+        "--budget small --seeds 0,1,2 --jobs 2",
+    )
+    p.add_argument("claim", metavar="CLAIM", help="A, B, C, D, E, F, G, H, or all")
+    p.add_argument(
+        "--budget",
+        choices=["tiny", "small", "full"],
+        default="small",
+        help="tiny: seconds on synthetic data (a smoke test); small: about an hour on 2 CPU cores; "
+        "full: hours on CPU (default small)",
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--out", default="runs/claims", help="output directory (default runs/claims)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs side by side (default 1)")
+    p.add_argument("--no-reuse", action="store_true", help="retrain runs even when a cached copy exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def parse_claims(text: str) -> list[str]:
+    """``all`` or a comma-separated list of claim letters -> the letters in running order."""
+    if text.strip().lower() == "all":
+        return list(ORDER)
+    asked = [c.strip().upper() for c in text.split(",") if c.strip()]
+    bad = [c for c in asked if c not in CLAIM_NAMES]
+    if bad or not asked:
+        raise UsageError(
+            f"unknown claim {', '.join(bad) or text!r}; use one of {', '.join(CLAIM_NAMES)} or all"
+        )
+    return [c for c in ORDER if c in asked]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``, with a clear error for anything else."""
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--seeds expects comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds needs distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Handler of ``trajlab reproduce``."""
+    from trajlab.experiments.claims import CLAIMS, prepare_runs
+
+    claims = parse_claims(args.claim)
+    seeds = parse_seeds(args.seeds)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) / args.budget
+    opts = {"budget": args.budget, "seeds": seeds, "progress": not args.no_progress}
+    t0 = time.perf_counter()
+    if set(claims) - {"H"}:
+        # --no-reuse retrains every run once, here; the drivers then find them in the cache.
+        prepare_runs(out, jobs=args.jobs, reuse=not args.no_reuse, **opts)
+    rows = []
+    for c in claims:
+        t = time.perf_counter()
+        doc = CLAIMS[c](out, jobs=args.jobs, reuse=True, **opts)
+        rows.append((c, doc["verdict"]["verdict"], time.perf_counter() - t))
+        log.info("claim %s: %s (%.0f s)", c, doc["verdict"]["verdict"], rows[-1][2])
+    _out(_table(rows, out, time.perf_counter() - t0))
+    return 0
+
+
+def _table(rows: list[tuple[str, str, float]], out: Path, total_s: float) -> str:
+    lines = ["claim  verdict          time"]
+    lines += [f"{c:<5}  {v:<15}  {s:6.0f} s" for c, v, s in rows]
+    lines.append(f"results: {out.resolve()}/claim_*.json (total {total_s:.0f} s)")
+    return "\n".join(lines)
