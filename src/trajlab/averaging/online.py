@@ -184,7 +184,7 @@ class AveragedWeights:
                     live, step=self.step, every_steps=e, device=self.device, dtype=self.dtype
                 )
                 if r.kind == "ring" and len(self._states[n].slots) > 2:
-                    logger.warning(
+                    logger.info(
                         "%s keeps %d snapshots (every_steps=%d); every_steps = the gap keeps the fewest",
                         n,
                         len(self._states[n].slots),
