@@ -19,7 +19,7 @@ from trajlab.experiments.claims.averaging import predicted_lrs, run_claim_E, run
 from trajlab.experiments.claims.budgets import BUDGET_NAMES, BUDGETS, Budget, get_budget
 from trajlab.experiments.claims.lines import curvature_estimate, run_claim_A, run_claim_B
 from trajlab.experiments.claims.nqm import run_claim_H
-from trajlab.experiments.claims.stationarity import run_claim_C
+from trajlab.experiments.claims.stationarity import prepare_base_runs, run_claim_C
 from trajlab.experiments.claims.trajectories import run_claim_D
 
 CLAIMS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -46,7 +46,6 @@ def prepare_runs(
     """Train every run the claims need, ``jobs`` at a time: the base runs, claim A's probes (for h),
     then all branches at once (so independent runs share the workers)."""
     from trajlab.experiments.claims.budgets import (
-        base_spec,
         cooldown_spec,
         extension_spec,
         lr_half_spec,
@@ -54,12 +53,8 @@ def prepare_runs(
         reorder_spec,
     )
     from trajlab.experiments.claims.runs import ensure_runs
-    from trajlab.experiments.claims.stationarity import shared_window
 
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     t = window.branch_step
     first = [lr_half_spec(b, s, t) for s in seeds] + [reorder_spec(b, s, t) for s in seeds]
     if b.extend_to_steps:

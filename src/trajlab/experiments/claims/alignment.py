@@ -19,9 +19,9 @@ import numpy as np
 import torch.nn.functional as F
 
 from trajlab.experiments.claims import common
-from trajlab.experiments.claims.budgets import Budget, base_spec, get_budget, lr_half_spec, reduced_spec
+from trajlab.experiments.claims.budgets import Budget, base_spec, lr_half_spec, reduced_spec
 from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import shared_window
+from trajlab.experiments.claims.stationarity import prepare_base_runs
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ def run_claim_G(
     from trajlab.experiments.claims.averaging import predicted_lrs
     from trajlab.experiments.claims.lines import curvature_estimate
 
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     reduced_lr = predicted_lrs(b, curv["h"])["reduced_lr"]
     runs = {

@@ -22,13 +22,12 @@ from trajlab.experiments.claims.budgets import (
     Budget,
     base_spec,
     cooldown_spec,
-    get_budget,
     lr_half_spec,
     reduced_spec,
 )
 from trajlab.experiments.claims.lines import curvature_estimate
 from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import Window, shared_window
+from trajlab.experiments.claims.stationarity import Window, prepare_base_runs
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +144,7 @@ def run_claim_E(
     Both are read at the end T of the window; the lr/2 run branches from the base run's checkpoint at
     the window start with identical batches. Writes ``claim_E.json`` and ``claim_E.png``.
     """
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     ensure_runs(
         out_dir,
         [lr_half_spec(b, s, window.branch_step) for s in seeds],
@@ -317,10 +313,7 @@ def run_claim_F(
 
     h = 1/lr* comes from claim A (run first if needed). Writes ``claim_F.json`` and ``claim_F.png``.
     """
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     pred = predicted_lrs(b, curv["h"])
     specs = [reduced_spec(b, s, window.branch_step, pred["reduced_lr"]) for s in seeds] + [

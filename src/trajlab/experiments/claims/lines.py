@@ -21,9 +21,8 @@ import numpy as np
 import torch.nn.functional as F
 
 from trajlab.experiments.claims import common
-from trajlab.experiments.claims.budgets import Budget, base_spec, budget_lr, get_budget
-from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import shared_window
+from trajlab.experiments.claims.budgets import Budget, base_spec, budget_lr
+from trajlab.experiments.claims.stationarity import prepare_base_runs
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +123,7 @@ def run_claim_A(
 
     Writes ``claim_A.json`` (every profile, medians, h = 1/lr*, verdict) and ``claim_A.png``.
     """
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     rows = {s: _profile_run(base_spec(b, s).run_dir(out_dir), b) for s in seeds}
     lr = budget_lr(b)
     flat = [r for rs in rows.values() for r in rs]
@@ -279,10 +275,7 @@ def run_claim_B(
     The [I] time constant is compared with lambda*/eta_eff = lr* (1 - momentum) / lr (lr* from claim A).
     Writes ``claim_B.json`` and ``claim_B.png``.
     """
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     cfg = base_spec(b, seeds[0]).config()
     horizon = window.length_steps // 2

@@ -176,6 +176,20 @@ def shared_window(root: str | Path, budget: Budget, seeds: Sequence[int]) -> Win
     return Window(step, total, in_plateau, {s: p.to_dict() for s, p in plateaus.items()})
 
 
+def prepare_base_runs(
+    out_dir: str | Path, budget: str, seeds: Sequence[int], *, reuse: bool, jobs: int, progress: bool
+) -> tuple[Budget, Path, Window]:
+    """The preamble of every claim: the budget, the output root, the base runs of ``seeds`` trained (or
+    reused from the cache), and their shared branch window."""
+    from trajlab.experiments.claims.budgets import get_budget
+    from trajlab.experiments.claims.runs import ensure_runs
+
+    b = get_budget(budget)
+    out_dir = Path(out_dir)
+    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
+    return b, out_dir, shared_window(out_dir, b, seeds)
+
+
 # ------------------------------------------------------------------------------------------ claim C
 
 
@@ -251,14 +265,11 @@ def run_claim_C(
     and the RMS distance of the snapshots from their own mean. Writes ``claim_C.json`` and ``claim_C.png``.
     """
     from trajlab.experiments.claims.averaging import predicted_lrs
-    from trajlab.experiments.claims.budgets import extension_spec, get_budget, lr_half_spec, reduced_spec
+    from trajlab.experiments.claims.budgets import extension_spec, lr_half_spec, reduced_spec
     from trajlab.experiments.claims.lines import curvature_estimate
     from trajlab.experiments.claims.runs import ensure_runs
 
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     reduced_lr = predicted_lrs(b, curv["h"])["reduced_lr"]
     specs = {

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from trajlab.experiments.claims import common
-from trajlab.experiments.claims.budgets import Budget, base_spec, get_budget, reorder_spec
+from trajlab.experiments.claims.budgets import Budget, base_spec, reorder_spec
 from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import shared_window
+from trajlab.experiments.claims.stationarity import prepare_base_runs
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,7 @@ def run_claim_D(
 
     Writes ``claim_D.json`` and ``claim_D.png``.
     """
-    b = get_budget(budget)
-    out_dir = Path(out_dir)
-    ensure_runs(out_dir, [base_spec(b, s) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    window = shared_window(out_dir, b, seeds)
+    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     t2 = window.branch_step
     if t2 - b.pair_offset_steps < 0 or t2 + b.pair_steps > window.end_step:
         raise ValueError(
