@@ -153,7 +153,10 @@ def run_training(
     elif cfg is None:
         raise ConfigError("no config given")
     else:
-        check_out_dir(out_dir, cfg)
+        # Only rank 0 writes the run directory, so only rank 0 checks it: another rank checking later could
+        # find rank 0's fresh config.json and refuse the run it belongs to.
+        if distributed.DistInfo.from_env().rank == 0:
+            check_out_dir(out_dir, cfg)
         if branch_from is not None:
             from trajlab.trajectory import load_checkpoint
 
