@@ -5,8 +5,9 @@ once per update, applies every due rule, and swaps an average into the model for
 
 Cost per update (see ``benchmarks/bench_averaging.py``): one EMA is one ``torch._foreach_lerp_`` over the
 weights; K lerp rules (EMAs, SWA, PowerEMA) that share device and dtype with the model are stored as one
-``[K, *shape]`` tensor per parameter and updated with a single broadcast ``lerp_`` per parameter on CPU
-(the live tensor is read once per parameter, not K times) or one multi-tensor foreach kernel on GPU.
+``[K, *shape]`` tensor per parameter and updated in one pass that reads the live weights once: on CPU the
+small compiled loop of ``cpu_kernel.py`` (falling back to a blocked broadcast ``lerp_`` without a C
+compiler), on GPU one multi-tensor foreach kernel.
 Lerp weights are Python floats computed from step numbers, so there is no ``.item()`` and no host
 synchronisation; the one exception is a different storage device (CPU offload), which has to wait for
 the copy.
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from trajlab.averaging import cpu_kernel
 from trajlab.averaging.rules import LerpState, RingState, Rule
 
 logger = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ class AveragedWeights:
         if len(lerp_names) >= 2 and self._storage_matches(live):
             # [K, *shape] per tensor: one broadcast lerp reads the live tensor once for all K rules.
             k = len(lerp_names)
-            self._stack = [t.unsqueeze(0).repeat(k, *([1] * t.dim())) for t in live]
+            self._stack = [cpu_kernel.stack_like(t, k) for t in live]
             self._fused = lerp_names
             for i, n in enumerate(lerp_names):
                 s, c, p = self.rules[n]._init_scalars(self.step)
@@ -234,12 +236,25 @@ class AveragedWeights:
 
     def _fused_lerp(self, live: list[Tensor], weights: list[float]) -> None:
         if live[0].device.type == "cpu":
+            lib = cpu_kernel.load()
+            if lib is not None and cpu_kernel.supported(self._stack, live):
+                # One pass in C: 1 + 2K tensor passes of memory traffic, no weight broadcast.
+                cpu_kernel.lerp_rows_(lib, self._stack, live, weights)
+                return
             # Blocks of _CPU_BLOCK weights: the live block stays in cache while all K rows read it, so
             # memory traffic is 1 + 2K tensor passes instead of 3K (K separate EMAs).
             k = len(weights)
             w = {dt: torch.tensor(weights, dtype=dt).view(k, 1) for dt in {st.dtype for st in self._stack}}
             for st, t in zip(self._stack, live):
-                rows, src = st.view(k, -1), t.reshape(1, -1)
+                # Walk both in the live tensor's memory order (channels-last rows are laid out like it).
+                order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+                try:
+                    rows = st.permute(0, *[d + 1 for d in order]).view(k, -1)
+                    src = t.permute(*order).reshape(1, -1)
+                except RuntimeError:  # not dense in that order: row by row
+                    for row, wj in zip(st, weights):
+                        row.lerp_(t, wj)
+                    continue
                 for j in range(0, src.shape[1], _CPU_BLOCK):
                     rows[:, j : j + _CPU_BLOCK].lerp_(src[:, j : j + _CPU_BLOCK], w[st.dtype])
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trajlab.cli import UsageError, _out
+from trajlab.experiments.claims.budgets import BUDGET_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,11 @@ def register(sub: Any) -> None:
     p.add_argument("claim", metavar="CLAIM", help="A, B, C, D, E, F, G, H, or all")
     p.add_argument(
         "--budget",
-        choices=["tiny", "small", "full"],
+        choices=list(BUDGET_NAMES),
         default="small",
         help="tiny: seconds on synthetic data (a smoke test); small: about an hour on 2 CPU cores; "
-        "full: hours on CPU (default small)",
+        "medium: the same 3x longer, reaching the constant-lr plateau (~2 h with --jobs 2); "
+        "full: full-width ResNet-20 on 16k images, hours on CPU (default small)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--out", default="runs/claims", help="output directory (default runs/claims)")

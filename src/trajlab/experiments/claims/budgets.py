@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from trajlab.experiments.claims.runs import RunSpec
 
-BUDGET_NAMES = ("tiny", "small", "full")
+BUDGET_NAMES = ("tiny", "small", "medium", "full")
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class Budget:
     """Sizes of one budget.
 
     Attributes:
-        name: ``tiny`` (tests, synthetic data), ``small`` (2 CPU cores, about an hour) or ``full``.
+        name: ``tiny`` (tests, synthetic data), ``small`` (2 CPU cores, about an hour), ``medium`` (the
+            same, 3x longer: 1.5-2 hours) or ``full``.
         preset: the base run's preset (``claims-<name>``).
         gaps_steps: two-point gaps k (multiples of the snapshot spacing).
         line_checkpoints: how many snapshots get line profiles (claim A).
@@ -93,6 +94,26 @@ BUDGETS: dict[str, Budget] = {
         pair_offset_steps=100,
         plateau_windows=10,
         extend_to_steps=1600,
+        min_window_fraction=0.4,
+        nqm_steps=100_000,
+        nqm_seeds=8,
+        recal_batches=20,
+    ),
+    # The small setup, 3x longer: long enough for the constant-lr phase to plateau (small's did not).
+    "medium": Budget(
+        name="medium",
+        preset="claims-medium",
+        gaps_steps=(50, 100, 200, 400, 800),
+        line_checkpoints=6,
+        line_points=24,
+        memory_offsets=(0, 1, 2, 4, 8, 16),
+        future_batches=4,
+        heldout_batches=4,
+        align_batches=8,
+        pair_steps=400,
+        pair_offset_steps=200,
+        plateau_windows=12,
+        extend_to_steps=0,
         min_window_fraction=0.4,
         nqm_steps=100_000,
         nqm_seeds=8,
