@@ -109,6 +109,10 @@ LERP_ROWS(float, trajlab_lerp_rows_f32)
 LERP_ROWS(double, trajlab_lerp_rows_f64)
 """
 
+# -march=native: the cache key includes the CPU's flags, so a library never meets another kind of CPU.
+# -ffp-contract=fast: fused multiply-adds, as in torch's vectorised lerp (so results are bit-identical).
+_CFLAGS = ("-O3", "-march=native", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", "-pthread")
+
 _FUNCS = {
     torch.float32: ("trajlab_lerp_rows_f32", ctypes.c_float),
     torch.float64: ("trajlab_lerp_rows_f64", ctypes.c_double),
@@ -125,7 +129,7 @@ def _cpu_tag() -> str:
                 break
     except OSError:
         flags = platform.processor()
-    return hashlib.sha256("\n".join([_SOURCE, flags, platform.machine()]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([_SOURCE, *_CFLAGS, flags, platform.machine()]).encode()).hexdigest()[:16]
 
 
 def _cache_dir() -> Path:
@@ -142,10 +146,7 @@ def _compile(dst: Path) -> None:
         src = Path(tmp) / "lerp_rows.c"
         src.write_text(_SOURCE)
         out = Path(tmp) / dst.name
-        # -march=native: the cache key includes the CPU flags, so the library never meets another CPU.
-        # -ffp-contract=fast: fused multiply-adds, as torch's vectorised lerp (bit-identical results).
-        flags = ["-O3", "-march=native", "-std=c11", "-ffp-contract=fast", "-shared", "-fPIC", "-pthread"]
-        cmd = [cc, *flags, str(src), "-o", str(out)]
+        cmd = [cc, *_CFLAGS, str(src), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if proc.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:500]}")
