@@ -54,6 +54,19 @@ def test_ema_and_swa_track_reduced_lr():
     assert 0.5 < s["swa"][-1] / s["cooldown"][-1] < 2.0
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_reduced_lr_accounts_for_momentum(momentum):
+    # One direction: the EMA at stationarity matches SGD at eta / (1 + eta_eff h tau_e) to first order in
+    # eta_eff h, with eta_eff = eta / (1 - mu); ignoring mu would put the reduced lr 10x off at mu = 0.9.
+    model = NoisyQuadratic([0.05], 1.0, lr=0.01 * (1 - momentum), momentum=momentum)
+    r = ema_vs_reduced_lr(model, 0.99, 4000, start=0.0, curvature=0.05)
+    eta_eff = model.lr / (1 - momentum)
+    assert r["reduced_lr"] == pytest.approx(model.lr / (1 + eta_eff * 0.05 * 100), rel=1e-12)
+    assert r["reduced_lr"] == pytest.approx(r["matched_lr"], rel=0.05)
+    s = swa_vs_cooldown(model, 100, 400, start=0.0, curvature=0.05)  # cooldown_lrs[i]: step i + 1
+    assert s["cooldown_lrs"][199] == pytest.approx(model.lr / (1 + eta_eff * 0.05 * 100), rel=1e-12)
+
+
 def test_fit_recovers_curvature_and_noise():
     rng = np.random.default_rng(0)
     h, noise, lr = 0.4, 3.0, 0.1

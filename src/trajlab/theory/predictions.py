@@ -138,8 +138,10 @@ def ema_vs_reduced_lr(
     """Excess loss over time of the EMA(decay) of an SGD(lr) run vs SGD at the reduced lr.
 
     The paper's reduced lr is eta' = eta / (1 + eta h tau_e), tau_e = 1 / (1 - beta), for an effective
-    curvature h (default: the model's loss-weighted mean curvature sum h^2 v / sum h v). ``matched_lr``
-    is the constant lr whose stationary excess loss equals the EMA's (bisection), for comparison.
+    curvature h (default: the model's loss-weighted mean curvature sum h^2 v / sum h v). With heavy-ball
+    momentum mu the formula holds for the effective lr eta / (1 - mu) (both runs keep mu), so
+    eta' = eta / (1 + eta h tau_e / (1 - mu)); at mu = 0 it is the paper's. ``matched_lr`` is the constant
+    lr whose stationary excess loss equals the EMA's (bisection), for comparison.
     """
     beta = decay_value(decay)
     steps = steps_value("steps", steps, minimum=1)
@@ -149,7 +151,7 @@ def ema_vs_reduced_lr(
     h = model.curvatures
     if curvature is None:
         curvature = float(np.sum(h * h * v) / np.sum(h * v)) if np.sum(h * v) > 0 else float(np.max(h))
-    paper_lr = model.lr / (1.0 + model.lr * curvature / (1.0 - beta))
+    paper_lr = model.lr / (1.0 + model.lr / (1.0 - model.momentum) * curvature / (1.0 - beta))
     target = model.excess_loss(rule)
     lo, hi = 0.0, model.lr
     for _ in range(60):
@@ -180,13 +182,15 @@ def swa_vs_cooldown(
 
     The cooldown is eta_t = eta / (1 + eta h (t - t_0)) for t > t_0 (constant eta before), the Polyak
     1/t decay that the exact map assigns to SWA in the isotropic model (paper.md sec. 3); h defaults to
-    the model's mean curvature.
+    the model's mean curvature. With momentum mu, eta is the effective lr eta / (1 - mu) in the time
+    scale: eta_t = eta / (1 + eta h (t - t_0) / (1 - mu)).
     """
     start_step = steps_value("start_step", start_step)
     steps = steps_value("steps", steps, minimum=start_step + 1)
     h = float(np.mean(model.curvatures)) if curvature is None else float(curvature)
     t = np.arange(1, steps + 1)
-    lrs = np.where(t > start_step, model.lr / (1.0 + model.lr * h * (t - start_step)), model.lr)
+    rate = model.lr * h / (1.0 - model.momentum)  # 1 / (time scale of the cooldown, in steps)
+    lrs = np.where(t > start_step, model.lr / (1.0 + rate * (t - start_step)), model.lr)
     record = np.unique(np.linspace(0, steps, num_points).astype(int))
     rule = RuleSpec("swa", start_step=start_step)
     return {
