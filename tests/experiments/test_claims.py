@@ -17,7 +17,7 @@ from trajlab.experiments.claims.averaging import e_verdict, f_verdict, usable_ga
 from trajlab.experiments.claims.budgets import base_spec, get_budget, lr_half_spec
 from trajlab.experiments.claims.lines import _half_life, a_verdict, b_verdict, line_steps
 from trajlab.experiments.claims.runs import RunSpec
-from trajlab.experiments.claims.stationarity import c_verdict, detect_plateau
+from trajlab.experiments.claims.stationarity import c_verdict, detect_plateau, shared_window
 from trajlab.experiments.claims.trajectories import d_verdict
 from trajlab.experiments.cmd_reproduce import parse_claims, parse_seeds
 
@@ -115,6 +115,44 @@ def test_detect_plateau_finds_a_saturating_curve_and_rejects_a_trend():
     assert not detect_plateau(steps, trend, windows=10).found
     with pytest.raises(ValueError):
         detect_plateau(steps[:5], flat[:5], windows=10)
+
+
+def _fake_base_runs(root, train_loss, held_out_loss, seeds=(0, 1, 2)):
+    """Base-run directories of budget "small" holding only metrics.jsonl (what the window reads)."""
+    b = get_budget("small")
+    for seed in seeds:
+        run_dir = base_spec(b, seed).run_dir(root)
+        run_dir.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        rows = [
+            {"kind": "train", "step": t, "train_loss": train_loss(t) + 0.005 * rng.standard_normal()}
+            for t in range(10, 801, 10)
+        ]
+        rows += [
+            {"kind": "eval", "step": t, "live_recal/test_loss": held_out_loss(t) + 0.005 * noise}
+            for t, noise in zip(range(50, 801, 50), rng.standard_normal(16))
+        ]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return b
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "held_out_loss", "stationarity"),
+    [
+        (lambda t: 0.3 + 0.5 * math.exp(-t / 60), lambda t: 0.4, "train loss"),
+        (lambda t: 0.6 - 3e-4 * t, lambda t: 0.4 + 0.3 * math.exp(-t / 60), "held-out loss"),
+        (lambda t: 0.6 - 3e-4 * t, lambda t: 0.6 - 3e-4 * t, "none"),
+    ],
+)
+def test_window_is_stationary_by_train_or_held_out_loss(tmp_path, train_loss, held_out_loss, stationarity):
+    b = _fake_base_runs(tmp_path, train_loss, held_out_loss)
+    w = shared_window(tmp_path, b, (0, 1, 2))
+    assert w.stationarity == stationarity
+    assert w.in_plateau == (stationarity != "none")
+    # The branch step follows the train loss only (so adding the held-out test moved no cached branch).
+    starts = [p["start_step"] for p in w.plateaus.values()]
+    assert w.branch_step == (math.ceil(max(starts) / 100) * 100 if stationarity == "train loss" else 400)
+    assert set(w.to_dict()["held_out_plateaus"]) == {0, 1, 2}
 
 
 def test_small_helpers():
