@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trajlab.averaging import EMA, AveragedWeights
+from trajlab.averaging import EMA, AveragedWeights, cpu_kernel
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
@@ -78,10 +78,12 @@ def contenders(model: Weights) -> dict[str, Callable[[], None]]:
     params = [p.detach() for p in model.parameters()]
     floor_avg = [p.clone() for p in params]
     one = AveragedWeights(model, EMA(0.999))
-    four = AveragedWeights(model, [EMA(0.99), EMA(0.999), EMA(0.9999), EMA(half_life_steps=2000)])
+    four_rules = [EMA(0.99), EMA(0.999), EMA(0.9999), EMA(half_life_steps=2000)]
+    four = AveragedWeights(model, four_rules)
+    four_torch = AveragedWeights(model, four_rules, cpu_kernel=False)
     am_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
     am_default = AveragedModel(model)
-    steps = {"one": 0, "four": 0}
+    steps = {"one": 0, "four": 0, "four_torch": 0}
 
     def ours_one() -> None:
         steps["one"] += 1
@@ -91,10 +93,15 @@ def contenders(model: Weights) -> dict[str, Callable[[], None]]:
         steps["four"] += 1
         four.update(steps["four"])
 
+    def ours_four_torch() -> None:
+        steps["four_torch"] += 1
+        four_torch.update(steps["four_torch"])
+
     out = {
         "foreach_lerp_floor": lambda: torch._foreach_lerp_(floor_avg, params, 0.001),
         "trajlab_ema": ours_one,
         "trajlab_four_emas": ours_four,
+        "trajlab_four_emas_torch_ops": ours_four_torch,
         "averaged_model_ema_multi_avg_fn": lambda: am_ema.update_parameters(model),
         "averaged_model_default": lambda: am_default.update_parameters(model),
     }
@@ -167,7 +174,9 @@ def main() -> None:
             / med["averaged_model_ema_multi_avg_fn"],
             "trajlab_ema / averaged_model_default (target < 1)": ours / med["averaged_model_default"],
             "trajlab_four_emas / trajlab_ema (target <= 3)": med["trajlab_four_emas"] / ours,
+            "trajlab_four_emas torch ops only / trajlab_ema": med["trajlab_four_emas_torch_ops"] / ours,
         },
+        "fused_cpu_kernel_used": cpu_kernel.load() is not None,
         "memory": {
             "one_ema_storage / fp32_model (target 1)": one_bytes / model_bytes,
             "four_emas_storage / fp32_model (target 4)": four_bytes / model_bytes,

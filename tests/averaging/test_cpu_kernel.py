@@ -73,8 +73,8 @@ def _model(channels_last: bool) -> nn.Module:
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def _run(model: nn.Module, steps: int = 7) -> AveragedWeights:
-    avg = AveragedWeights(model, [EMA(0.9), EMA(half_life_steps=3), SWA(start_step=2)])
+def _run(model: nn.Module, steps: int = 7, **kwargs) -> AveragedWeights:
+    avg = AveragedWeights(model, [EMA(0.9), EMA(half_life_steps=3), SWA(start_step=2)], **kwargs)
     g = torch.Generator().manual_seed(1)
     for step in range(1, steps + 1):
         with torch.no_grad():
@@ -87,12 +87,14 @@ def _run(model: nn.Module, steps: int = 7) -> AveragedWeights:
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_online_container_same_with_and_without_the_kernel(channels_last, monkeypatch):
     with_kernel = _run(_model(channels_last))
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # the torch fallback
-    without = _run(_model(channels_last))
-    for name in with_kernel.names:
-        a, b = with_kernel.average(name), without.average(name)
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    switched_off = _run(_model(channels_last), cpu_kernel=False)
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # as without a compiler
+    no_compiler = _run(_model(channels_last))
+    for without in (switched_off, no_compiler):
+        for name in with_kernel.names:
+            a, b = with_kernel.average(name), without.average(name)
+            for key in a:
+                torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
 def test_disabled_by_environment(monkeypatch):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from trajlab.averaging import cpu_kernel
+from trajlab.averaging import cpu_kernel as fused_cpu
 from trajlab.averaging.rules import LerpState, RingState, Rule
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class AveragedWeights:
         step: the step of the model's weights at construction.
         ranks: ``"all"``: every rank keeps the average (identical under DDP, since the weights are);
             ``"rank0"``: only rank 0 keeps it, other ranks hold nothing and ``update`` is a no-op there.
+        cpu_kernel: update several lerp averages on CPU with the small compiled loop of ``cpu_kernel.py``
+            when a C compiler is available (same numbers as the torch path, 1.3-1.4x faster for four
+            EMAs; ``False``: torch ops only).
 
     Example:
         >>> avg = AveragedWeights(model, [EMA(0.999), TwoPoint(2000)], every_steps=[1, 2000])
@@ -100,6 +103,7 @@ class AveragedWeights:
         *,
         step: int = 0,
         ranks: Literal["all", "rank0"] = "all",
+        cpu_kernel: bool = True,
     ) -> None:
         rules = [rule_or_rules] if isinstance(rule_or_rules, Rule) else list(rule_or_rules)
         if not rules or not all(isinstance(r, Rule) for r in rules):
@@ -119,6 +123,7 @@ class AveragedWeights:
         self.rules = {r.name: r for r in rules}
         self.every_steps = dict(zip(names, every))
         self.buffers = buffers
+        self.cpu_kernel = bool(cpu_kernel)
         self.model = unwrap_model(model)
         self.active = ranks == "all" or _rank() == 0
         self.device = None if device is None else torch.device(device)
@@ -174,7 +179,7 @@ class AveragedWeights:
         if len(lerp_names) >= 2 and self._storage_matches(live):
             # [K, *shape] per tensor: one broadcast lerp reads the live tensor once for all K rules.
             k = len(lerp_names)
-            self._stack = [cpu_kernel.stack_like(t, k) for t in live]
+            self._stack = [fused_cpu.stack_like(t, k) for t in live]
             self._fused = lerp_names
             for i, n in enumerate(lerp_names):
                 s, c, p = self.rules[n]._init_scalars(self.step)
@@ -236,10 +241,10 @@ class AveragedWeights:
 
     def _fused_lerp(self, live: list[Tensor], weights: list[float]) -> None:
         if live[0].device.type == "cpu":
-            lib = cpu_kernel.load()
-            if lib is not None and cpu_kernel.supported(self._stack, live):
+            lib = fused_cpu.load() if self.cpu_kernel else None
+            if lib is not None and fused_cpu.supported(self._stack, live):
                 # One pass in C: 1 + 2K tensor passes of memory traffic, no weight broadcast.
-                cpu_kernel.lerp_rows_(lib, self._stack, live, weights)
+                fused_cpu.lerp_rows_(lib, self._stack, live, weights)
                 return
             # Blocks of _CPU_BLOCK weights: the live block stays in cache while all K rows read it, so
             # memory traffic is 1 + 2K tensor passes instead of 3K (K separate EMAs).
