@@ -6,7 +6,8 @@
 2. From the stored snapshots only: line profiles of a training batch along its gradient (with a held-out
    control) at several checkpoints, a loss matrix and the batch-memory curve, post-hoc averages (two-point
    by gap, EMA, SWA; BN recalibrated), and a noisy-quadratic-model fit (h from lr* and the HVP curvature)
-   with its predictions next to the measurements. Written to ``RUN/analysis/`` (reused when present).
+   with its predictions next to the measurements. Written to ``RUN/analysis/`` (reused when present) by
+   :class:`~trajlab.experiments.demo_analysis.Analysis`.
 3. The HTML report (:func:`trajlab.reports.html.build_report`) and a short summary table.
 
 ``budget="tiny"`` does all of it in seconds on synthetic data (for tests).
@@ -14,43 +15,35 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trajlab.config import ConfigError, RunConfig, resolve_config
-from trajlab.experiments import build
+from trajlab.experiments.demo_analysis import Analysis, Budget, _num, config_hash, fit_theory
 from trajlab.experiments.runner import RunDirError, run_training
-from trajlab.provenance import provenance, write_json_atomic
 from trajlab.reports import html as report
 
+# The measurements live in demo_analysis; these names stay importable from here.
+__all__ = [
+    "BUDGETS",
+    "Analysis",
+    "Budget",
+    "DemoResult",
+    "config_hash",
+    "demo_config",
+    "fit_theory",
+    "run_demo",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the demo trains and measures. Steps are optimizer steps; the lr is per step (batch 128)."""
-
-    preset: str
-    overrides: tuple[str, ...]
-    probe_checkpoints: int  # line profiles at this many snapshots, evenly spread
-    probe_points: int  # lrs per adaptive line profile
-    matrix_checkpoints: int  # loss-matrix columns: the last this-many snapshots
-    matrix_used_batches: int  # training batches B_u (rows) used inside that window
-    heldout_batches: int  # held-out test batches (rows; the first is the line probes' control)
-    bn_batches: int  # BN recalibration batches for post-hoc averages
 
 
 _TINY_DATA = "data.synthetic={n = 256, n_test = 128, num_classes = 4, channels = 1, size = 16, seed = 3}"
@@ -110,8 +103,6 @@ BUDGETS = {
         bn_batches=8,
     ),
 }
-# Keys that do not change what the run computes; left out of the cache key.
-_UNCACHED = (("train", "num_threads"), ("train", "progress"), ("data", "data_dir"))
 
 
 @dataclass
@@ -152,14 +143,6 @@ def demo_config(
     overrides.append(f"train.num_threads={num_threads}")
     overrides.append(f"train.progress={'false' if budget == 'tiny' else 'true'}")
     return resolve_config(b.preset, None, overrides)
-
-
-def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
-    """12 hex digits of the sha256 of the resolved config (threads, progress bar, data_dir left out)."""
-    c = cfg.to_dict() if isinstance(cfg, RunConfig) else json.loads(json.dumps(cfg))
-    for section, key in _UNCACHED:
-        c.get(section, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_demo(
@@ -224,339 +207,6 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, command: list[str] | None) ->
             shutil.rmtree(run_dir)
     run_training(cfg, run_dir, command=command)
     return False
-
-
-class Analysis:
-    """The measurements on a recorded run, each written once to ``RUN/analysis/`` (reused if present)."""
-
-    def __init__(self, cfg: RunConfig, run_dir: Path, budget: Budget, *, progress: bool = True) -> None:
-        from trajlab.trajectory import TrajectoryStore
-
-        self.cfg, self.run_dir, self.budget, self.progress = cfg, run_dir, budget, progress
-        self.dir = run_dir / report.ANALYSIS_DIR
-        spec = json.loads(json.dumps({"budget": asdict(budget), "config": config_hash(cfg)}))
-        if (self.dir / "spec.json").is_file() and json.loads((self.dir / "spec.json").read_text()) != spec:
-            shutil.rmtree(self.dir)  # measured with other settings: measure again
-        write_json_atomic(self.dir / "spec.json", spec)
-        self.device = build.resolve_device(cfg.train.device)
-        self.train_ds = build.build_train_data(cfg)
-        self.test_ds = build.build_test_data(cfg)
-        self.store = TrajectoryStore(run_dir, dataset=self.train_ds)
-        self.snapshots = [s for s in self.store.steps() if s > 0]
-        if len(self.snapshots) < 3:
-            raise RunDirError(f"{run_dir} holds {len(self.snapshots)} snapshots after step 0; need >= 3")
-        self.model = build.build_model_for(cfg, self.train_ds).to(self.device)
-        self.heldout = self._heldout_batches(budget.heldout_batches)
-
-    def stages(self) -> list[tuple[str, Callable[[], None]]]:
-        """(name, function) of each measurement, in order (later ones read earlier results)."""
-        return [
-            ("probes", self.line_probes),
-            ("loss matrix", self.loss_matrix),
-            ("post hoc", self.post_hoc),
-            ("theory", self.theory),
-        ]
-
-    # ---- helpers
-    def _heldout_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from trajlab.data import make_batch
-
-        g = torch.Generator().manual_seed(1234)
-        perm = torch.randperm(len(self.test_ds), generator=g)
-        size = min(self.cfg.train.batch_size, len(self.test_ds) // max(n, 1))
-        return [
-            make_batch(self.test_ds, perm[i * size : (i + 1) * size], aug_seed=None, device=self.device)
-            for i in range(n)
-        ]
-
-    def _bar(self, total: int, desc: str) -> Any:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
-
-    def _load(self, step: int) -> torch.nn.Module:
-        self.model.load_state_dict(self.store.load(step, device=self.device))
-        return self.model
-
-    def _evaluate(self) -> dict[str, float]:
-        from trajlab.train.evaluate import evaluate_model
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return build.iterate_eval(self.test_ds, self.cfg.train.eval_batch_size, device=self.device)
-
-        return evaluate_model(self.model, batches)
-
-    def _recalibrate(self) -> None:
-        from trajlab.averaging import update_bn
-
-        batches = build.DatasetBatches(
-            self.train_ds,
-            self.cfg.data,
-            batch_size=self.cfg.train.batch_size,
-            seed=self.cfg.train.seed,
-            device=self.device,
-            channels_last=False,
-        )
-        update_bn(self.model, batches.recalibration_batches(self.budget.bn_batches))
-
-    def _done(self, name: str) -> bool:
-        return (self.dir / name).is_file()
-
-    def _stamp(self, stage: str) -> None:
-        """Record how ``stage`` was computed (code version, device, time) in ``analysis/provenance.json``."""
-        path = self.dir / report.ANALYSIS_PROVENANCE
-        stamps = json.loads(path.read_text()) if path.is_file() else {}
-        stamps[stage] = provenance(seed=self.cfg.train.seed, device=self.device)
-        write_json_atomic(path, stamps)
-
-    # ---- stages
-    def line_probes(self) -> None:
-        """Line profiles of B_t (the batch step t used) at evenly spread snapshots t, held-out control."""
-        from trajlab.probes import line_profile
-
-        if self._done(report.LINE_PROBES):
-            return
-        picks = np.unique(np.linspace(0, len(self.snapshots) - 1, self.budget.probe_checkpoints).round())
-        lr = self.cfg.optim.lr
-        lines = []
-        with self._bar(len(picks), "line probes") as bar:
-            for i in picks.astype(int):
-                step = self.snapshots[i]
-                profile = line_profile(
-                    self._load(step),
-                    F.cross_entropy,
-                    self.store.batch(step, device=self.device),
-                    eval_batches={"held-out": self.heldout[0]},
-                    bn="batch",
-                    num_points=self.budget.probe_points,
-                )
-                record = {
-                    "step": step,
-                    "lr": lr,
-                    "lr_star_over_lr": profile.lr_star / lr,
-                    **profile.to_dict(),
-                }
-                lines.append(json.dumps(record))
-                bar.update()
-        _write_text(self.dir / report.LINE_PROBES, "".join(line + "\n" for line in lines))
-        self._stamp("line probes")
-
-    def loss_matrix(self) -> None:
-        """Losses of used and held-out batches over the last snapshots, and the batch-memory curve."""
-        from trajlab.probes import batch_memory, loss_matrix
-
-        if self._done(report.LOSS_MATRIX) and self._done(report.BATCH_MEMORY):
-            return
-        steps = self.snapshots[-self.budget.matrix_checkpoints :]
-        inner = steps[1:-1] or steps
-        picks = np.unique(np.linspace(0, len(inner) - 1, self.budget.matrix_used_batches + 2)[1:-1].round())
-        rows: dict[str, Any] = {f"B_{inner[int(i)]}": inner[int(i)] for i in picks}
-        rows.update({f"held-out {i}": b for i, b in enumerate(self.heldout)})
-        with self._bar(1, "loss matrix") as bar:
-            matrix = loss_matrix(
-                self.store,
-                rows,
-                steps,
-                lambda: build.build_model_for(self.cfg, self.train_ds),
-                device=self.device,
-            )
-            bar.update()
-        memory = batch_memory(matrix).to_dict()
-        memory["decay_rate_per_step"] = _decay_rate(memory["steps_since"], memory["advantage"])
-        write_json_atomic(self.dir / report.LOSS_MATRIX, _finite(matrix.to_dict()))
-        write_json_atomic(self.dir / report.BATCH_MEMORY, _finite(memory))
-        self._stamp("loss matrix")
-
-    def _post_hoc_rules(self, last: int, every: int) -> list[Any]:
-        from trajlab.averaging import EMA, SWA, TwoPoint
-
-        gaps = [every * 2**i for i in range(12) if every * 2**i < last]
-        rules: list[Any] = [TwoPoint(gap_steps=k) for k in gaps]
-        rules += [EMA(decay=d) for d in self.cfg.averaging.ema_decays]
-        rules.append(SWA(start_step=(last // 2) // every * every))
-        return rules
-
-    def post_hoc(self) -> None:
-        """Two-point averages by gap, EMA and SWA at the last snapshot, BN recalibrated, on the test set."""
-        from trajlab.averaging import post_hoc_many
-
-        if self._done(report.POST_HOC):
-            return
-        last = self.snapshots[-1]
-        every = int(np.gcd.reduce(np.asarray(self.store.steps())))
-        rules = self._post_hoc_rules(last, every)
-        states = post_hoc_many(self.store, rules, [last], every, device=self.device)
-        rows = []
-        with self._bar(len(rules) + 2, "post-hoc averages") as bar:
-            self._load(last)
-            rows.append({"name": "last iterate", "rule": "none", "bn": "running", **_acc(self._evaluate())})
-            self._recalibrate()
-            rows.append(
-                {"name": "last iterate", "rule": "none", "bn": "recalibrated", **_acc(self._evaluate())}
-            )
-            bar.update(2)
-            for rule in rules:
-                self.model.load_state_dict(states[(rule.name, last)])
-                self._recalibrate()
-                row = {"name": rule.name, "rule": repr(rule), "bn": "recalibrated", **_acc(self._evaluate())}
-                if hasattr(rule, "gap_steps") and getattr(rule, "points", 2) == 2:
-                    row["gap_steps"] = int(rule.gap_steps)
-                rows.append(row)
-                bar.update()
-        write_json_atomic(
-            self.dir / report.POST_HOC,
-            {
-                "at_step": last,
-                "every_steps": every,
-                "bn_batches": self.budget.bn_batches,
-                "test_images": len(self.test_ds),
-                "rows": rows,
-            },
-        )
-        self._stamp("post hoc")
-
-    def theory(self) -> None:
-        """Fit the effective curvature, then predict the two-point gain by gap and the EMA's reduced lr."""
-        if self._done(report.THEORY):
-            return
-        probes = [json.loads(x) for x in (self.dir / report.LINE_PROBES).read_text().splitlines() if x]
-        post = json.loads((self.dir / report.POST_HOC).read_text())
-        metrics = [json.loads(x) for x in (self.run_dir / "metrics.jsonl").read_text().splitlines() if x]
-        result = fit_theory(self.cfg, probes, post, metrics)
-        result["provenance"] = provenance(seed=self.cfg.train.seed, device=self.device)
-        write_json_atomic(self.dir / report.THEORY, _finite(result))
-        self._stamp("theory")
-
-
-def fit_theory(
-    cfg: RunConfig, probes: list[dict[str, Any]], post_hoc: dict[str, Any], metrics: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The noisy quadratic model fitted to the probes, and its predictions next to the measurements.
-
-    The curvature h comes from lr* (h = 1/lr*) and the HVP curvature along the gradient
-    (:func:`trajlab.theory.fit`). The model's shape (the gain of a two-point average as a function of its
-    gap) is then a prediction; its scale (the last iterate's excess loss) is not measured by the probes, so
-    one amplitude is fitted to the measured gains by least squares and the report says so.
-    """
-    from trajlab.theory import NoisyQuadratic, ema_vs_reduced_lr, fit, two_point_gain
-
-    lr, mu = cfg.optim.lr, cfg.optim.momentum
-    best = [p["lr_star"] for p in probes if p.get("bracketed") and _pos(p.get("lr_star"))]
-    curv = [p["curvature_hvp"] for p in probes if _pos(p.get("curvature_hvp"))]
-    sources = {
-        "best_lrs": best if len(best) >= 2 else None,
-        "gradient_curvatures": curv if len(curv) >= 2 else None,
-    }
-    fitted = fit(lr, mu, **sources, bootstrap=200)
-    h = fitted.curvature_
-    out: dict[str, Any] = {
-        "fit": {
-            "curvature h": h,
-            "curvature standard error": fitted.curvature_se_,
-            "lr": lr,
-            "momentum": mu,
-            "relaxation steps (1-mu)/(lr h)": (1 - mu) / (lr * h),
-            "line probes used (lr*)": len(best),
-            "line probes used (HVP)": len(curv),
-            "how": {
-                "curvature h": "inverse-variance mean of 1/lr* and g^T H g/|g|^2 over the probed checkpoints",
-                "curvature standard error": "bootstrap over checkpoints",
-            },
-        }
-    }
-    rows = post_hoc.get("rows", [])
-    base = next((r for r in rows if r.get("rule") == "none" and r.get("bn") == "recalibrated"), None)
-    two = [r for r in rows if r.get("gap_steps") is not None]
-    nqm = NoisyQuadratic(h, 1.0, lr, mu)
-    if base and two:
-        gaps = [int(r["gap_steps"]) for r in two]
-        measured = np.array([base["test_loss"] - r["test_loss"] for r in two])
-        pred = two_point_gain(nqm, gaps)
-        shape = 1.0 - np.asarray(pred["ratio"])
-        amplitude = max(float(measured @ shape / (shape @ shape)), 0.0) if shape @ shape > 0 else 0.0
-        half = 1.0 - pred["half_lr_excess_loss"] / pred["sgd_excess_loss"]
-        out["two_point"] = {
-            "gaps": gaps,
-            "measured_gain": measured.tolist(),
-            "predicted_ratio": np.asarray(pred["ratio"]).tolist(),
-            "predicted_gain": (amplitude * shape).tolist(),
-            "half_lr_gain": amplitude * half,
-            "amplitude (fitted last-iterate excess loss)": amplitude,
-            "note": "Prediction: shape from the fitted h, one amplitude fitted to the measured gains.",
-        }
-        out["fit"]["last-iterate excess loss (fitted amplitude)"] = amplitude
-        if amplitude > 0:
-            nqm = NoisyQuadratic(h, amplitude / nqm.excess_loss(), lr, mu)
-    for decay in cfg.averaging.ema_decays[:1]:
-        evals = [r for r in metrics if r.get("kind") == "eval"]
-        from trajlab.averaging import EMA
-
-        name = EMA(decay=decay).name
-        start_gap = max(float(evals[0]["test_loss"]) - float(evals[-1].get("live_recal/test_loss", 0)), 1e-6)
-        prediction = ema_vs_reduced_lr(nqm, decay, int(evals[-1]["step"]), math.sqrt(2 * start_gap / h))
-        out["ema"] = {
-            "name": name,
-            "decay": decay,
-            "time constant steps 1/(1-decay)": 1 / (1 - decay),
-            "reduced_lr": prediction["reduced_lr"],
-            "matched_lr": prediction["matched_lr"],
-            "measured EMA test loss (last eval)": _num(evals[-1].get(f"{name}/test_loss")),
-            "measured last iterate test loss, BN recal. (last eval)": _num(
-                evals[-1].get("live_recal/test_loss")
-            ),
-            "prediction": {
-                k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in prediction.items()
-            },
-        }
-    return out
-
-
-# ---------------------------------------------------------------------------------------- small helpers
-
-
-def _pos(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x) and x > 0
-
-
-def _num(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _acc(metrics: dict[str, float]) -> dict[str, float]:
-    return {"test_loss": float(metrics["loss"]), "test_acc": float(metrics["acc"])}
-
-
-def _decay_rate(ks: list[int], advantage: list[float]) -> float:
-    """Per-step decay rate r of advantage(k) ~ A exp(-r k), k > 0 (log-linear fit); nan if not decaying."""
-    pts = [(k, a) for k, a in zip(ks, advantage) if k > 0 and a > 0]
-    if len(pts) < 2:
-        return math.nan
-    k, a = np.array(pts, dtype=float).T
-    slope = np.polyfit(k, np.log(a), 1)[0]
-    return float(-slope) if slope < 0 else math.nan
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: nan/inf become None (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _summary_rows(run_dir: Path, cfg: RunConfig, reused: bool) -> list[tuple[str, str]]:
