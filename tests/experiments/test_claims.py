@@ -289,3 +289,15 @@ def test_g_verdict():
     assert g_verdict({s: _g_seed(sqrt[::-1]) for s in range(3)})["verdict"] == N
     flat = [0.2, 0.201, 0.202]
     assert g_verdict({s: _g_seed(flat) for s in range(3)})["verdict"] == N
+
+
+def test_reproduce_command_writes_results_and_the_claims_report(tmp_path, capsys):
+    from trajlab import cli
+
+    assert cli.main(["reproduce", "H", "--budget", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = tmp_path / "tiny" / "report.html"
+    assert (tmp_path / "tiny" / "claim_H.json").is_file() and report.is_file()
+    assert f"report: {report.resolve()}" in printed
+    page = report.read_text()
+    assert "<h3 id='claim-H'>Claim H: " in page and page.count("<img ") == 1

@@ -109,7 +109,8 @@ def test_probe_and_average_command_results(demo_run: Path, tmp_path: Path) -> No
     verdict = {"verdict": "reproduced", "criterion": "gain > 2 std", "n": 3}
     claim.write_text(json.dumps({"claim": "E", "verdict": verdict, "seeds": [0, 1, 2]}))
     page = build_report([bare], tmp_path / "r.html", extra_results=[average, claim]).read_text()
-    assert "<td>E</td><td>reproduced</td><td>gain &gt; 2 std</td>" in page
+    assert "<td>E</td><td>reproduced</td><td class='num'>3</td><td>0, 1, 2</td>" in page
+    assert "<b>Criterion.</b> gain &gt; 2 std" in page
     assert "R1:probes/probe.json" in page and "Not available: line probes" not in page
     assert "Not available: a loss matrix" not in page and "<td>two_point_k8</td>" in page
 
@@ -123,3 +124,53 @@ def test_report_command(demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "<title>&lt;b&gt;t&lt;/b&gt;</title>" in out.read_text()
     assert cli.main(["report", str(tmp_path), "--out", str(out)]) == 2
     assert "not a trajlab run directory" in capsys.readouterr().err
+
+
+def _png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def test_claims_only_report_embeds_figures_checks_and_escapes(tmp_path: Path) -> None:
+    """Claim results alone: no empty run sections; each claim's criterion, checks, window, numbers and
+    PNG (found next to the JSON by name, whatever directory the stored path names); everything escaped."""
+    _png(tmp_path / "claim_E.png")
+    (tmp_path / "claim_F.png").write_text("<script>not a png</script>")
+    doc_e = {
+        "claim": "E",
+        "budget": "medium",
+        "window": {"branch_step": 1400, "end_step": 2400, "length_steps": 1000, "in_plateau": False},
+        "verdict": {
+            "verdict": "inconclusive",
+            "criterion": "gain <b>grows</b>",
+            "preconditions": {"window inside a plateau": False},
+            "checks": {"gain at the largest gap > 0": True, "gain grows with k": None},
+            "n": 3,
+            "acc_gain_largest_gap": {"mean": 0.0123, "std": 0.004, "n": 3},
+            "gaps": [50, 100],
+        },
+        "figures": ["some/other/cwd/claim_E.png"],
+        "seeds": [0, 1, 2],
+    }
+    doc_f = {"claim": "F<img>", "verdict": {"verdict": "not reproduced", "n": 3}, "figures": ["claim_F.png"]}
+    doc_g = {"claim": "G", "verdict": {"verdict": "reproduced", "n": 3}, "figures": ["claim_G.png"]}
+    paths = []
+    for name, doc in (("claim_E.json", doc_e), ("claim_F.json", doc_f), ("claim_G.json", doc_g)):
+        (tmp_path / name).write_text(json.dumps(doc))
+        paths.append(tmp_path / name)
+    page = build_report([], tmp_path / "claims.html", extra_results=paths).read_text()
+    assert '<section id="claims">' in page and '<section id="training">' not in page
+    assert '<section id="extra">' not in page  # every extra result is a claim
+    assert page.count("<img ") == 1 and "data:image/png;base64," in page  # E only: F is not a PNG
+    assert "claim_F.png is not a PNG file" in page and "claim_G.png not found next to claim_G.json" in page
+    assert "gain &lt;b&gt;grows&lt;/b&gt;" in page and "Claim F&lt;img&gt;" in page
+    assert "<td>precondition: window inside a plateau</td><td>no</td>" in page
+    assert "<td>gain grows with k</td><td>n/a (not tested)</td>" in page
+    assert "0.0123 ± 0.004 (n=3)" in page and "Window [1400, 2400] (1000 steps)" in page

@@ -66,7 +66,38 @@ def _console_errors(stderr: str) -> list[str]:
 
 
 def test_chromium_shows_every_figure_without_console_errors(demo_run: Path, tmp_path: Path) -> None:
-    page = build_report([demo_run], tmp_path / "report.html")
+    _assert_renders(build_report([demo_run], tmp_path / "report.html"), tmp_path)
+
+
+def test_chromium_shows_the_claims_report(tmp_path: Path) -> None:
+    """The page `trajlab reproduce` writes: claim results only, their PNGs embedded."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for claim in "AE":
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1, 2], [2, 0, 1])
+        fig.savefig(tmp_path / f"claim_{claim}.png")
+        plt.close(fig)
+        doc = {
+            "claim": claim,
+            "verdict": {"verdict": "reproduced", "criterion": "x < 1", "checks": {"x < 1": True}, "n": 3},
+            "figures": [f"elsewhere/claim_{claim}.png"],
+            "seeds": [0, 1, 2],
+        }
+        paths.append(tmp_path / f"claim_{claim}.json")
+        paths[-1].write_text(json.dumps(doc))
+    page = build_report([], tmp_path / "claims.html", extra_results=paths)
+    assert page.read_text().count("<img ") == 2
+    _assert_renders(page, tmp_path)
+
+
+def _assert_renders(page: Path, tmp_path: Path) -> None:
     n_images = page.read_text().count("<img ")
 
     shot = tmp_path / "report.png"

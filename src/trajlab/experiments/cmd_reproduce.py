@@ -96,8 +96,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         doc = CLAIMS[c](out, jobs=args.jobs, reuse=True, **opts)
         rows.append((c, doc["verdict"]["verdict"], time.perf_counter() - t))
         log.info("claim %s: %s (%.0f s)", c, doc["verdict"]["verdict"], rows[-1][2])
-    _out(_table(rows, out, time.perf_counter() - t0))
+    report = _write_report(out, args.budget)
+    _out(_table(rows, out, time.perf_counter() - t0) + (f"\nreport: {report.resolve()}" if report else ""))
     return 0
+
+
+def _write_report(out: Path, budget: str) -> Path | None:
+    """``OUT/BUDGET/report.html`` from every claim result there (also those of earlier invocations)."""
+    from trajlab.reports.html import build_report
+
+    results = sorted(out.glob("claim_*.json"))
+    if not results:
+        return None
+    return build_report(
+        [], out / "report.html", extra_results=results, title=f"trajlab: the paper's claims (budget {budget})"
+    )
 
 
 def _table(rows: list[tuple[str, str, float]], out: Path, total_s: float) -> str:

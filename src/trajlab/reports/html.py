@@ -37,6 +37,7 @@ from pathlib import Path
 
 import trajlab
 from trajlab.reports.averaging_sections import _averaging, _theory
+from trajlab.reports.claims_section import claims_section, is_claim
 from trajlab.reports.html_utils import Raw, esc
 from trajlab.reports.run_results import (
     ANALYSIS_DIR,
@@ -119,13 +120,16 @@ def build_report(
         if data is None:
             raise FileNotFoundError(f"result file {p}: {'; '.join(problems) or 'not found'}")
         extras.append((p, data))
+    # Without run directories (e.g. only claim results) the run sections would only say "not available".
+    run_parts = (
+        [_overview(runs, extras), _training(runs), _line_probes(runs), _memory(runs), _averaging(runs)]
+        + [_theory(runs)]
+        if runs
+        else []
+    )
     parts = [
-        _overview(runs, extras),
-        _training(runs),
-        _line_probes(runs),
-        _memory(runs),
-        _averaging(runs),
-        _theory(runs),
+        *run_parts,
+        claims_section([(i, p, d) for i, (p, d) in enumerate(extras) if is_claim(d)]),
         _extra(extras),
         _provenance(runs, extras),
     ]

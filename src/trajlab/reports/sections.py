@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from trajlab.reports import figures
+from trajlab.reports.claims_section import is_claim
 from trajlab.reports.html_utils import _figure, _float, _missing, _num, _section, _table, esc
 from trajlab.reports.run_results import ANALYSIS_DIR, RunResults, _final_eval, _groups
 
@@ -215,18 +216,9 @@ def _extra(extras: Sequence[tuple[Path, Any]]) -> str:
     if not extras:
         return ""
     body = []
-    claims = [(i, p, d) for i, (p, d) in enumerate(extras) if isinstance(d, dict) and "claim" in d]
-    if claims:
-        # ``trajlab reproduce``'s claim_<X>.json: {"claim", "verdict": {"verdict", "criterion", "n"}, ...}
-        rows = []
-        for i, _, d in claims:
-            v = d.get("verdict") if isinstance(d.get("verdict"), dict) else {"verdict": d.get("verdict")}
-            seeds = ", ".join(map(str, d.get("seeds") or []))
-            rows.append(
-                [d.get("claim"), v.get("verdict"), v.get("criterion", ""), v.get("n", ""), seeds, f"X{i + 1}"]
-            )
-        body.append("<h3>Claims</h3>" + _table(["claim", "verdict", "criterion", "n", "seeds", "from"], rows))
     for i, (path, data) in enumerate(extras):
+        if is_claim(data):  # shown by the claims section
+            continue
         body.append(f"<h3>X{i + 1}: {esc(path.name)}</h3>")
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind == "trajlab.average" and isinstance(data.get("rows"), list):
@@ -251,7 +243,7 @@ def _extra(extras: Sequence[tuple[Path, Any]]) -> str:
         body.append(_table(["field", "value"], items[:300]))
         if len(items) > 300:
             body.append(f"<p class='note'>{len(items) - 300} more fields in {esc(path)}</p>")
-    return _section("extra", "Other results", "".join(body))
+    return _section("extra", "Other results", "".join(body)) if body else ""
 
 
 _PROVENANCE_KEYS = ("trajlab", "python", "torch", "numpy", "device", "platform", "hostname", "created_utc")
