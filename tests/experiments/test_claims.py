@@ -301,3 +301,19 @@ def test_reproduce_command_writes_results_and_the_claims_report(tmp_path, capsys
     assert f"report: {report.resolve()}" in printed
     page = report.read_text()
     assert "<h3 id='claim-H'>Claim H: " in page and page.count("<img ") == 1
+
+
+@pytest.mark.parametrize("name", claims.BUDGET_NAMES)
+def test_every_budget_is_consistent_with_its_preset(name):
+    """Gaps are multiples of the snapshot spacing and >= 3 fit the shortest window; claim D's two starts are
+    checkpoints; the plateau test has enough logged points; the lr is constant."""
+    b = get_budget(name)
+    cfg = base_spec(b, 0).config()
+    snap, ckpt = cfg.record.snapshots["every_steps"], cfg.record.checkpoint_every_steps
+    steps = cfg.train.steps
+    assert cfg.schedule.name == "constant"
+    assert all(k % snap == 0 for k in b.gaps_steps)
+    shortest_window = steps - int(steps * (1 - b.min_window_fraction) // ckpt * ckpt)  # as shared_window
+    assert len([k for k in b.gaps_steps if k <= shortest_window]) >= 3  # longer gaps are skipped
+    assert b.pair_offset_steps % ckpt == 0
+    assert steps // cfg.train.log_every_steps >= 2 * b.plateau_windows
