@@ -41,8 +41,7 @@ def register(sub: Any) -> None:
         choices=list(BUDGET_NAMES),
         default="small",
         help="tiny: seconds on synthetic data (a smoke test); small: about an hour on 2 CPU cores; "
-        "medium: the same 3x longer (~1 h with --jobs 3); medium-wd: medium at weight decay 2e-3, which "
-        "plateaus; "
+        "medium: the same 3x longer (~1 h with --jobs 3); "
         "full: full-width ResNet-20 on 16k images, hours on CPU (default small)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from trajlab.experiments.claims.runs import RunSpec
 
-BUDGET_NAMES = ("tiny", "small", "medium", "medium-wd", "full")
+BUDGET_NAMES = ("tiny", "small", "medium", "full")
 
 
 @dataclass(frozen=True)
@@ -103,26 +103,6 @@ BUDGETS: dict[str, Budget] = {
     "medium": Budget(
         name="medium",
         preset="claims-medium",
-        gaps_steps=(50, 100, 200, 400, 800),
-        line_checkpoints=6,
-        line_points=24,
-        memory_offsets=(0, 1, 2, 4, 8, 16),
-        future_batches=4,
-        heldout_batches=4,
-        align_batches=8,
-        pair_steps=400,
-        pair_offset_steps=200,
-        plateau_windows=12,
-        extend_to_steps=0,
-        min_window_fraction=0.4,
-        nqm_steps=100_000,
-        nqm_seeds=8,
-        recal_batches=20,
-    ),
-    # The medium budget at weight decay 2e-3: the stronger decay makes the constant-lr phase plateau.
-    "medium-wd": Budget(
-        name="medium-wd",
-        preset="claims-medium-wd",
         gaps_steps=(50, 100, 200, 400, 800),
         line_checkpoints=6,
         line_points=24,
