@@ -178,6 +178,9 @@ def _plot_e(out_dir: Path, v: dict[str, Any]) -> str:
         ax.axhline(h["mean"] * 100, color="C1", label="lr/2 branch (mean +- std)")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log")
+        # Label the measured gaps themselves (log-scale minor labels overlap).
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
     ax.set_xlabel("gap k (steps)")
     ax.set_ylabel("test acc gain over last iterate (points, BN recal.)")
     ax.legend(fontsize=7)
