@@ -174,3 +174,4 @@ def test_claims_only_report_embeds_figures_checks_and_escapes(tmp_path: Path) ->
     assert "<td>precondition: window inside a plateau</td><td>no</td>" in page
     assert "<td>gain grows with k</td><td>n/a (not tested)</td>" in page
     assert "0.0123 ± 0.004 (n=3)" in page and "Window [1400, 2400] (1000 steps)" in page
+    assert "quasi-stationary: <b>no</b> (neither the train loss nor the held-out loss" in page

@@ -73,11 +73,13 @@ def _window(doc: dict[str, Any]) -> str:
     w = doc.get("window")
     if not isinstance(w, dict) or "branch_step" not in w:
         return ""
-    stationarity = w.get("stationarity", "train loss" if w.get("in_plateau") else "none")
+    if w.get("in_plateau"):
+        answer, why = "yes", f"the {w.get('stationarity', 'train loss')} plateaued in every seed"
+    else:
+        answer, why = "no", "neither the train loss nor the held-out loss plateaued in every seed"
     return (
         f"<p>Window [{esc(w.get('branch_step'))}, {esc(w.get('end_step'))}] "
-        f"({esc(w.get('length_steps'))} steps); quasi-stationary: <b>{esc(_yes_no(w.get('in_plateau')))}</b> "
-        f"(by {esc(stationarity)}).</p>"
+        f"({esc(w.get('length_steps'))} steps); quasi-stationary: <b>{answer}</b> ({esc(why)}).</p>"
     )
 
 
