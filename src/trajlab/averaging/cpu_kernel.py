@@ -232,7 +232,8 @@ def lerp_rows_(lib: ctypes.CDLL, stacks: list[Tensor], live: list[Tensor], weigh
 
     Args:
         lib: from :func:`load`.
-        stacks: ``[K, *shape]`` contiguous tensors (the K averages of one parameter each).
+        stacks: ``[K, *shape]`` tensors (the K averages of one parameter each), each row laid out like
+            its live tensor (:func:`stack_like`; checked by :func:`supported`).
         live: the live tensors, same shapes without the K, same dtype (see :func:`supported`).
         weights: K Python floats; a zero weight leaves its row untouched.
     """
