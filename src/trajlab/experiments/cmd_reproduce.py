@@ -41,7 +41,8 @@ def register(sub: Any) -> None:
         choices=list(BUDGET_NAMES),
         default="small",
         help="tiny: seconds on synthetic data (a smoke test); small: about an hour on 2 CPU cores; "
-        "medium: the same 3x longer (~1.5 h with --jobs 3); "
+        "medium: the same 3x longer (~1.5 h with --jobs 3); plateau: medium's network on all 60k "
+        "images at lr 0.3, which reaches a constant-lr plateau (C, E, F: ~1 h with --jobs 3); "
         "full: full-width ResNet-20 on 16k images, hours on CPU (default small)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from trajlab.experiments.claims.runs import RunSpec
 
-BUDGET_NAMES = ("tiny", "small", "medium", "full")
+BUDGET_NAMES = ("tiny", "small", "medium", "plateau", "full")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Budget:
 
     Attributes:
         name: ``tiny`` (tests, synthetic data), ``small`` (2 CPU cores, about an hour), ``medium`` (the
-            same, 3x longer: 1.5-2 hours) or ``full``.
+            same, 3x longer: 1.5-2 hours), ``plateau`` (medium's network on the whole training set at a
+            higher lr, so that the constant-lr phase plateaus) or ``full``.
         preset: the base run's preset (``claims-<name>``).
         gaps_steps: two-point gaps k (multiples of the snapshot spacing).
         line_checkpoints: how many snapshots get line profiles (claim A).
@@ -107,6 +108,19 @@ BUDGETS: dict[str, Budget] = {
         _SMALL,
         name="medium",
         preset="claims-medium",
+        gaps_steps=(50, 100, 200, 400, 800),
+        pair_steps=400,
+        pair_offset_steps=200,
+        plateau_windows=12,
+        extend_to_steps=0,
+    ),
+    # Medium's network and sizes on the whole 60k training set at lr 0.3 (preset claims-plateau): neither
+    # small nor medium plateaued because the network kept fitting its 4096-image subset; here it cannot,
+    # and the higher lr's noise floor is reached sooner (pilot: train-loss plateau from step 1400).
+    "plateau": replace(
+        _SMALL,
+        name="plateau",
+        preset="claims-plateau",
         gaps_steps=(50, 100, 200, 400, 800),
         pair_steps=400,
         pair_offset_steps=200,
