@@ -41,6 +41,20 @@ def tiny_out(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize(("asked", "labels"), [("E", {"base", "lr_half"}), ("D", {"base", "reorder"})])
+def test_prepare_runs_trains_only_what_the_asked_claims_read(tmp_path, asked, labels):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        claims.prepare_runs(tmp_path, budget="tiny", seeds=(0,), claims=(asked,), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    trained = {d.name.split("-s0-")[0] for d in (tmp_path / "runs").iterdir() if d.is_dir()}
+    assert trained == labels
+
+
 @pytest.mark.parametrize("claim", list("HABCDEFG"))
 def test_every_claim_driver_runs_end_to_end_on_tiny(tiny_out, claim):
     doc = claims.CLAIMS[claim](tiny_out, budget="tiny", seeds=(0,), progress=False)

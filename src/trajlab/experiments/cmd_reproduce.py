@@ -90,7 +90,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if set(claims) - {"H"}:
         # --no-reuse retrains every run once, here; the drivers then find them in the cache.
-        prepare_runs(out, jobs=args.jobs, reuse=not args.no_reuse, **opts)
+        prepare_runs(out, claims=claims, jobs=args.jobs, reuse=not args.no_reuse, **opts)
     rows = []
     for c in claims:
         t = time.perf_counter()

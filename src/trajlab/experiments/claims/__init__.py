@@ -39,12 +39,15 @@ def prepare_runs(
     *,
     budget: str = "small",
     seeds: Sequence[int] = (0, 1, 2),
+    claims: Sequence[str] = ("A", "B", "C", "D", "E", "F", "G"),
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
 ) -> None:
-    """Train every run the claims need, ``jobs`` at a time: the base runs, claim A's probes (for h),
-    then all branches at once (so independent runs share the workers)."""
+    """Train the runs that ``claims`` need, ``jobs`` at a time: the base runs, claim A's probes (for h,
+    when a reduced-lr run or the curvature is needed), then the branches at once (so independent runs
+    share the workers). Which branches each claim reads: C lr/2, reduced lr (and the extension when the
+    budget has one); D the reorder run; E lr/2; F reduced lr and cooldown; G lr/2 and reduced lr."""
     from trajlab.experiments.claims.budgets import (
         cooldown_spec,
         extension_spec,
@@ -54,12 +57,17 @@ def prepare_runs(
     )
     from trajlab.experiments.claims.runs import ensure_runs
 
+    wanted = set(claims)
     b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     t = window.branch_step
-    first = [lr_half_spec(b, s, t) for s in seeds] + [reorder_spec(b, s, t) for s in seeds]
-    if b.extend_to_steps:
+    first = [lr_half_spec(b, s, t) for s in seeds] if wanted & {"C", "E", "G"} else []
+    first += [reorder_spec(b, s, t) for s in seeds] if "D" in wanted else []
+    if b.extend_to_steps and "C" in wanted:
         first += [extension_spec(b, s) for s in seeds]
-    if jobs > 1:  # claim A's probes run here while jobs - 1 workers train the first branches
+    if not wanted & {"A", "B", "C", "F", "G"}:  # nothing reads the curvature
+        ensure_runs(out_dir, first, jobs=jobs, reuse=reuse, progress=progress)
+        return
+    if jobs > 1 and first:  # claim A's probes run here while jobs - 1 workers train the first branches
         import threading
 
         worker = threading.Thread(
@@ -74,8 +82,9 @@ def prepare_runs(
         ensure_runs(out_dir, first, jobs=jobs, reuse=reuse, progress=progress)
         curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
     pred = predicted_lrs(b, curv["h"])
-    rest = [reduced_spec(b, s, t, pred["reduced_lr"]) for s in seeds]
-    rest += [cooldown_spec(b, s, t, pred["cooldown_time_scale_steps"]) for s in seeds]
+    rest = [reduced_spec(b, s, t, pred["reduced_lr"]) for s in seeds] if wanted & {"C", "F", "G"} else []
+    if "F" in wanted:
+        rest += [cooldown_spec(b, s, t, pred["cooldown_time_scale_steps"]) for s in seeds]
     ensure_runs(out_dir, rest, jobs=jobs, reuse=reuse, progress=progress)
 
 
