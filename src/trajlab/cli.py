@@ -138,6 +138,28 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version, the code's git revision and source digest (as result files record them),
+    computed only when asked (it imports torch)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import torch
+
+        import trajlab
+        from trajlab.provenance import git_revision, source_digest
+
+        git = git_revision()
+        rev = "no git checkout"
+        if git["revision"]:
+            rev = f"git {git['revision']}{' (dirty)' if git['dirty'] else ''}"
+        digest = source_digest()
+        _out(f"trajlab {trajlab.__version__} ({rev}; source sha256 {digest}; torch {torch.__version__})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trajlab",
@@ -145,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         "quadratic model (arXiv 2301.02312).",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version, git revision and source digest; exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +42,32 @@ def git_revision(path: str | os.PathLike | None = None) -> dict[str, Any]:
         return {"revision": None, "dirty": None}
 
 
+# Files whose content is the code: Python modules, presets and the C source of the averaging kernel.
+_SOURCE_SUFFIXES = (".py", ".toml", ".c", ".h")
+
+
+def source_digest(path: str | os.PathLike | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the trajlab source files, by relative path and content.
+
+    Ties a result to its code where git cannot: an installed wheel, or a copy of the source tree (such
+    as the one long experiments run from so that edits to the checkout do not reach their workers). Two
+    trees with the same files give the same digest wherever they are; ``__pycache__`` is ignored.
+    """
+    root = Path(path) if path else Path(trajlab.__file__).resolve().parent
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts
+    )
+    for p in files:
+        rel = p.relative_to(root).as_posix().encode()
+        data = p.read_bytes()
+        # Length-prefixed, so that no two different trees hash the same byte stream.
+        h.update(len(rel).to_bytes(8, "little") + rel + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,6 +94,7 @@ def provenance(
     return {
         "trajlab": trajlab.__version__,
         "git": git_revision(),
+        "source_sha256": source_digest(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -252,6 +252,8 @@ _PROVENANCE_KEYS = ("trajlab", "python", "torch", "numpy", "device", "platform",
 def _provenance_rows(prov: dict[str, Any]) -> list[list[Any]]:
     git = prov.get("git") or {}
     rows = [["git revision", f"{git.get('revision')}{' (dirty)' if git.get('dirty') else ''}"]]
+    if prov.get("source_sha256"):  # `trajlab --version` prints the installed code's digest
+        rows.append(["source digest (sha256)", prov["source_sha256"]])
     rows += [[k, prov.get(k)] for k in _PROVENANCE_KEYS if k in prov]
     rows.append(["command", " ".join(map(str, prov.get("command") or [])) or "(library call)"])
     for res in prov.get("resumes", []):
