@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 import trajlab
 from trajlab import cli
 from trajlab.provenance import provenance, source_digest
@@ -47,9 +49,8 @@ def test_a_copy_of_the_package_has_the_installed_digest(tmp_path):
 
 
 def test_version_prints_version_and_digest(capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
-    except SystemExit as exc:
-        assert exc.code == 0
+    assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"trajlab {trajlab.__version__} (") and f"source sha256 {source_digest()}" in out
