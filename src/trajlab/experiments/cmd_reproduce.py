@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
         help="tiny: seconds on synthetic data (a smoke test); small: about an hour on 2 CPU cores; "
         "medium: the same 3x longer (~1.5 h with --jobs 3); plateau: medium's network on all 60k "
         "images at lr 0.3, which comes near a constant-lr plateau (A, C, E, F: 46 min with --jobs 3); "
+        "plateau-long: the same 1.5x longer; "
         "full: full-width ResNet-20 on 16k images, hours on CPU (default small)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from trajlab.experiments.claims.runs import RunSpec
 
-BUDGET_NAMES = ("tiny", "small", "medium", "plateau", "full")
+BUDGET_NAMES = ("tiny", "small", "medium", "plateau", "plateau-long", "full")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Budget:
     Attributes:
         name: ``tiny`` (tests, synthetic data), ``small`` (2 CPU cores, about an hour), ``medium`` (the
             same, 3x longer: 1.5-2 hours), ``plateau`` (medium's network on the whole training set at a
-            higher lr, so that the constant-lr phase plateaus) or ``full``.
+            higher lr, so that the constant-lr phase plateaus), ``plateau-long`` (the same, 1.5x longer) or
+            ``full``.
         preset: the base run's preset (``claims-<name>``).
         gaps_steps: two-point gaps k (multiples of the snapshot spacing).
         line_checkpoints: how many snapshots get line profiles (claim A).
@@ -120,6 +121,16 @@ BUDGETS: dict[str, Budget] = {
     # small nor medium plateaued because the network kept fitting its 4096-image subset; here it cannot,
     # and the higher lr's noise floor is reached sooner (pilot: train-loss plateau from step 1400).
     "plateau": replace(_MEDIUM, name="plateau", preset="claims-plateau"),
+    # The same runs 1.5x longer (4800 steps). Continued to 4800 steps, the plateau budget's three base runs
+    # plateaued from step 2933 (18 windows of 267 steps, as here); the window keeps 35% of the run so that
+    # it starts at step 3000, after that.
+    "plateau-long": replace(
+        _MEDIUM,
+        name="plateau-long",
+        preset="claims-plateau-long",
+        plateau_windows=18,
+        min_window_fraction=0.35,
+    ),
     "full": Budget(
         name="full",
         preset="claims-full",
