@@ -44,7 +44,7 @@ import torch
 
 from trajlab.config import RunConfig, resolve_config
 from trajlab.data import DataError, load_dataset
-from trajlab.experiments import build
+from trajlab.runs import build
 from trajlab.train.callbacks import CallbackBase, StepContext
 from trajlab.train.engine import Trainer
 from trajlab.trajectory import Recorder, TrajectoryStore

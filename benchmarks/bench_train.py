@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from trajlab.config import resolve_config
-from trajlab.experiments import build
 from trajlab.provenance import provenance
+from trajlab.runs import build
 from trajlab.train.engine import Trainer
 
 

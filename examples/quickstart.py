@@ -9,11 +9,9 @@ import torch
 
 from trajlab.averaging import EMA, TwoPoint, post_hoc
 from trajlab.config import resolve_config
-from trajlab.experiments.build import build_model_for, build_train_data
-from trajlab.experiments.runner import run_training
 from trajlab.probes import line_profile
+from trajlab.runs import RecordedRun, run_training
 from trajlab.theory import NoisyQuadratic, equivalent_schedule
-from trajlab.trajectory import TrajectoryStore
 
 TINY = [
     "data.name=synthetic",
@@ -41,11 +39,10 @@ def main() -> None:
     run_training(cfg, out)
 
     # 2. probe a fixed batch along its own gradient at the last stored checkpoint
-    store = TrajectoryStore(out)
-    step = store.steps()[-1]
-    model = build_model_for(cfg, build_train_data(cfg))
-    model.load_state_dict(store.load(step))
-    x, y = store.batch(step)  # the exact (augmented) batch that step trained on
+    run = RecordedRun(out)  # the run directory, opened once: config, data, model, snapshots, batches
+    step = run.snapshot_steps[-1]
+    model = run.load_weights(step)
+    x, y = run.batch(step)  # the exact (augmented) batch that step trained on
     prof = line_profile(model, torch.nn.functional.cross_entropy, (x, y))
     print(
         f"step {step}: lr* = {prof.lr_star:.3g}, one-step loss fraction {prof.one_step_fraction:.3f}, "
@@ -53,8 +50,9 @@ def main() -> None:
     )
 
     # 3. average after the fact from the stored snapshots (streamed from disk)
-    avg = post_hoc(store, TwoPoint(gap_steps=32), at_step=step, every_steps=32)
-    print(f"two-point average at step {step}: {len(avg)} tensors")
+    avg = post_hoc(run, TwoPoint(gap_steps=32), at_step=step, every_steps=32)
+    result = run.evaluate(avg)  # BatchNorm recalibrated, then the test set
+    print(f"two-point average at step {step}: test acc {result.acc:.4f} (BN {result.bn})")
 
     # 4. theory: the constant-lr run whose last iterate equals an EMA, in the noisy quadratic model
     nqm = NoisyQuadratic(curvatures=[0.5], noise=[1.0], lr=0.1)

@@ -13,6 +13,7 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -244,6 +245,46 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
         return _build(cls, raw, prefix="", source=source)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What the machine supplies, as opposed to what a run is: never in ``config.json``, never in a cache key.
+
+    The library reads no environment variable and sets no thread count; the command line does, once
+    (``trajlab.cli``), and passes one of these down. A library user passes one only to change a default.
+
+    Attributes:
+        data_dirs: extra directories searched for datasets when ``data.data_dir`` is not set (the CLI:
+            ``$TRAJLAB_DATA``).
+        num_threads: torch threads for this process; 0 = a run's ``train.num_threads``, else torch's default
+            (the CLI: ``$TRAJLAB_NUM_THREADS``).
+        set_threads: how to set the thread count (the CLI passes ``torch.set_num_threads``); ``None``: the
+            thread count is left alone, whatever ``train.num_threads`` says.
+        cpu_kernel: build and use the fused CPU averaging kernel when a C compiler is there (the CLI:
+            ``$TRAJLAB_CPU_KERNEL=0`` turns it off).
+        kernel_cache_root: the cache root the kernel is compiled under (``<root>/trajlab/kernels``, default
+            ``~/.cache``; the CLI:
+            ``$TRAJLAB_CACHE`` or ``$XDG_CACHE_HOME``).
+        compiler: the C compiler (default: ``cc``, ``gcc`` or ``clang`` on PATH; the CLI: ``$CC``).
+        distributed_env: torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (the CLI copies them from the
+            environment); empty: a single process, or the already initialised default process group.
+    """
+
+    data_dirs: tuple[str, ...] = ()
+    num_threads: int = 0
+    set_threads: Any = None
+    cpu_kernel: bool = True
+    kernel_cache_root: str | None = None
+    compiler: str | None = None
+    distributed_env: Mapping[str, str] = field(default_factory=dict)
+
+    def apply_threads(self, configured: int = 0) -> None:
+        """Set the thread count: ``num_threads`` if set, else ``configured`` (a run's ``train.num_threads``)
+        if > 0; nothing without ``set_threads``."""
+        n = self.num_threads or configured
+        if n > 0 and self.set_threads is not None:
+            self.set_threads(n)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -8,7 +8,7 @@ from averaging_fixtures import all_rules, sgd_trajectory, tiny_net
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from trajlab.averaging import EMA, SWA, AveragedWeights, PowerEMA, TwoPoint, unwrap_model
+from trajlab.averaging import EMA, SWA, AveragedWeights, PowerEMA, StorageOptions, TwoPoint, unwrap_model
 
 
 def replay(avg: AveragedWeights, model: nn.Module, states, start: int = 1) -> None:
@@ -93,7 +93,7 @@ def test_reference_ema_vs_averaged_model(decay):
     model.load_state_dict(states[0])
     ref = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ref.update_parameters(model)  # first call copies theta_0, as our init does
-    ours = AveragedWeights(model, EMA(decay), buffers="average")
+    ours = AveragedWeights(model, EMA(decay), storage=StorageOptions(buffers="average"))
     for t in range(1, 9):
         model.load_state_dict(states[t])
         ref.update_parameters(model)
@@ -124,17 +124,17 @@ def test_state_dict_round_trip_and_exact_resume(rule):
     states = sgd_trajectory(tiny_net(), 12)
     model = tiny_net()
     model.load_state_dict(states[0])
-    straight = AveragedWeights(model, rules, every_steps=2, buffers="average")
+    straight = AveragedWeights(model, rules, every_steps=2, storage=StorageOptions(buffers="average"))
     replay(straight, model, states)
     model.load_state_dict(states[0])
-    first = AveragedWeights(model, rules, every_steps=2, buffers="average")
+    first = AveragedWeights(model, rules, every_steps=2, storage=StorageOptions(buffers="average"))
     replay(first, model, states[:7])
     saved = first.state_dict()
     for entry in saved["averages"].values():  # storage must not be shared (safetensors refuses that)
         tensors = list(entry.get("average", {}).values())
         assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
     fresh = tiny_net(seed=5)  # a new process: other initial weights, then the checkpoint
-    resumed = AveragedWeights(fresh, rules, every_steps=2, buffers="average")
+    resumed = AveragedWeights(fresh, rules, every_steps=2, storage=StorageOptions(buffers="average"))
     resumed.load_state_dict(saved)
     assert resumed.step == 6
     replay(resumed, fresh, states, start=7)
@@ -186,7 +186,7 @@ def test_swap_into_restores_on_exception():
 
 def test_device_and_dtype_storage():
     model = tiny_net()
-    avg = AveragedWeights(model, [EMA(0.9), SWA()], device="cpu", dtype=torch.float64)
+    avg = AveragedWeights(model, [EMA(0.9), SWA()], storage=StorageOptions(device="cpu", dtype=torch.float64))
     assert all(t.dtype == torch.float64 for t in avg.average("ema_0.9").values())
     with torch.no_grad():
         model[0].weight.add_(1.0)
@@ -200,7 +200,7 @@ def test_bf16_compensated_ema_still_moves():
     model = nn.Linear(64, 64, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    comp = AveragedWeights(model, EMA(0.999), dtype=torch.bfloat16)
+    comp = AveragedWeights(model, EMA(0.999), storage=StorageOptions(dtype=torch.bfloat16))
     plain = [model.weight.detach().to(torch.bfloat16)]
     exact = model.weight.detach().double().clone()
     with torch.no_grad():
@@ -218,7 +218,7 @@ def test_bf16_compensated_ema_still_moves():
 
 def test_fp32_master_for_bf16_model():
     model = nn.Linear(8, 8).to(torch.bfloat16)
-    avg = AveragedWeights(model, EMA(0.999), dtype=torch.float32)
+    avg = AveragedWeights(model, EMA(0.999), storage=StorageOptions(dtype=torch.float32))
     with torch.no_grad():
         model.weight.add_(0.5)
     avg.update(1)
@@ -263,3 +263,15 @@ def test_averaged_state_dict_is_complete():
     sd = avg.averaged_state_dict()
     assert set(sd) == set(model.state_dict())
     tiny_net(3).load_state_dict(sd)
+
+
+def test_old_storage_keywords_warn_and_still_work():
+    model = tiny_net()
+    new = AveragedWeights(model, EMA(0.9), storage=StorageOptions(device="cpu", dtype=torch.float64))
+    with pytest.warns(DeprecationWarning, match=r"storage=StorageOptions\(device=\.\.\., dtype=\.\.\.\)"):
+        old = AveragedWeights(model, EMA(0.9), 1, "cpu", dtype=torch.float64)
+    assert old.storage == new.storage
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        AveragedWeights(model, EMA(0.9), devcie="cpu")
+    with pytest.raises(ValueError, match="buffers must be 'copy' or 'average'"):
+        StorageOptions(buffers="mean")

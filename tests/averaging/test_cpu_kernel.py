@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from trajlab.averaging import EMA, SWA, AveragedWeights, cpu_kernel
+from trajlab.averaging import EMA, SWA, AveragedWeights, StorageOptions, cpu_kernel
+from trajlab.config import resolve_config
 
 
 @pytest.fixture
@@ -73,8 +74,9 @@ def _model(channels_last: bool) -> nn.Module:
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def _run(model: nn.Module, steps: int = 7, **kwargs) -> AveragedWeights:
-    avg = AveragedWeights(model, [EMA(0.9), EMA(half_life_steps=3), SWA(start_step=2)], **kwargs)
+def _run(model: nn.Module, steps: int = 7, **storage) -> AveragedWeights:
+    rules = [EMA(0.9), EMA(half_life_steps=3), SWA(start_step=2)]
+    avg = AveragedWeights(model, rules, storage=StorageOptions(**storage))
     g = torch.Generator().manual_seed(1)
     for step in range(1, steps + 1):
         with torch.no_grad():
@@ -88,7 +90,7 @@ def _run(model: nn.Module, steps: int = 7, **kwargs) -> AveragedWeights:
 def test_online_container_same_with_and_without_the_kernel(channels_last, monkeypatch):
     with_kernel = _run(_model(channels_last))
     switched_off = _run(_model(channels_last), cpu_kernel=False)
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # as without a compiler
+    monkeypatch.setattr(cpu_kernel, "load", lambda build=None: None)  # as without a compiler
     no_compiler = _run(_model(channels_last))
     for without in (switched_off, no_compiler):
         for name in with_kernel.names:
@@ -97,35 +99,37 @@ def test_online_container_same_with_and_without_the_kernel(channels_last, monkey
                 torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
-def test_disabled_by_environment(monkeypatch):
-    cpu_kernel.load.cache_clear()
+def test_disabled_by_environment_through_the_cli(monkeypatch):
+    # The library reads no environment: the CLI maps TRAJLAB_CPU_KERNEL=0 onto the host settings, and the
+    # runner onto StorageOptions(cpu_kernel=False).
+    from trajlab.cli import host_from_environment
+    from trajlab.runs.plugins import storage_options
+
+    host = host_from_environment({"TRAJLAB_CPU_KERNEL": "0", "TRAJLAB_CACHE": "/c", "CC": "/bin/cc9"})
+    storage = storage_options(resolve_config("mnist-cnn"), host)
+    assert storage.cpu_kernel is False
+    assert storage.kernel_build == cpu_kernel.KernelBuild(cache_root="/c", compiler="/bin/cc9")
+    assert host_from_environment({}).cpu_kernel is True
     monkeypatch.setenv("TRAJLAB_CPU_KERNEL", "0")
-    try:
-        assert cpu_kernel.load() is None
-    finally:
-        cpu_kernel.load.cache_clear()
+    assert StorageOptions().cpu_kernel is True  # the environment does not reach the library
 
 
-def test_no_compiler_falls_back_with_a_log_line(monkeypatch, tmp_path, caplog):
-    cpu_kernel.load.cache_clear()
-    monkeypatch.setenv("TRAJLAB_CACHE", str(tmp_path))  # nothing cached there
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+def test_no_compiler_falls_back_with_a_log_line(tmp_path, caplog):
+    build = cpu_kernel.KernelBuild(cache_root=str(tmp_path), compiler=str(tmp_path / "no-such-compiler"))
     try:
         with caplog.at_level(logging.INFO, logger="trajlab.averaging.cpu_kernel"):
-            assert cpu_kernel.load() is None
+            assert cpu_kernel.load(build) is None
         assert "using torch ops" in caplog.text
         assert not list(tmp_path.rglob("*.so"))
     finally:
         cpu_kernel.load.cache_clear()
 
 
-def test_compiles_into_the_cache_atomically(monkeypatch, tmp_path):
+def test_compiles_into_the_cache_atomically(tmp_path):
     if cpu_kernel.load() is None:
         pytest.skip("no C compiler here")
-    cpu_kernel.load.cache_clear()
-    monkeypatch.setenv("TRAJLAB_CACHE", str(tmp_path))
     try:
-        assert cpu_kernel.load() is not None
+        assert cpu_kernel.load(cpu_kernel.KernelBuild(cache_root=str(tmp_path))) is not None
         built = list(tmp_path.rglob("*"))
         assert [p.suffix for p in built if p.is_file()] == [".so"]  # no temporary files left behind
     finally:

@@ -13,11 +13,11 @@ from trajlab.data import locate as locate_module
 
 @pytest.fixture
 def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Four candidate places, none holding data yet; cwd is tmp_path, TRAJLAB_DATA points at env/."""
+    """Four candidate places, none holding data yet; cwd is tmp_path; env/ is the search dir the CLI takes
+    from $TRAJLAB_DATA."""
     monkeypatch.chdir(tmp_path)
     p = {k: tmp_path / k for k in ("arg", "env", "system")}
     p["cwd"] = tmp_path / "data" / "fashion-mnist"
-    monkeypatch.setenv("TRAJLAB_DATA", str(p["env"]))
     monkeypatch.setitem(locate_module.SYSTEM_DIRS, "fashion-mnist", (p["system"],))
     return p
 
@@ -28,14 +28,16 @@ def _fill(directory: Path) -> Path:
 
 
 def test_search_order(places: dict[str, Path]) -> None:
+    env = [places["env"]]
     _fill(places["cwd"])
-    assert find_data_dir("fashion-mnist") == places["cwd"]
+    assert find_data_dir("fashion-mnist", search_dirs=env) == places["cwd"]
     _fill(places["system"])
-    assert find_data_dir("fashion-mnist") == places["system"]
+    assert find_data_dir("fashion-mnist", search_dirs=env) == places["system"]
     _fill(places["env"] / "fashion-mnist")  # $TRAJLAB_DATA/<name>
-    assert find_data_dir("fashion-mnist") == places["env"] / "fashion-mnist"
+    assert find_data_dir("fashion-mnist", search_dirs=env) == places["env"] / "fashion-mnist"
     _fill(places["env"])  # $TRAJLAB_DATA itself comes first
-    assert find_data_dir("fashion-mnist") == places["env"]
+    assert find_data_dir("fashion-mnist", search_dirs=env) == places["env"]
+    assert find_data_dir("fashion-mnist") == places["system"]  # the library reads no environment
     _fill(places["arg"])
     assert find_data_dir("fashion-mnist", places["arg"]) == places["arg"]
     assert find_data_dir("fashion-mnist", str(places["arg"])) == places["arg"]
@@ -51,7 +53,7 @@ def test_explicit_dir_is_authoritative(places: dict[str, Path]) -> None:
 
 def test_not_found_lists_every_place_and_what_to_do(places: dict[str, Path]) -> None:
     with pytest.raises(DataError) as info:
-        find_data_dir("fashion-mnist")
+        find_data_dir("fashion-mnist", search_dirs=[places["env"]])
     message = str(info.value)
     assert "\n" not in message
     for place in (places["env"], places["env"] / "fashion-mnist", places["system"], places["cwd"]):

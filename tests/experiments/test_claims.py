@@ -9,17 +9,18 @@ import math
 import numpy as np
 import pytest
 
-from trajlab.cli import UsageError
+from trajlab.commands.io import UsageError
+from trajlab.commands.reproduce import parse_claims, parse_seeds
 from trajlab.experiments import claims
 from trajlab.experiments.claims import common
 from trajlab.experiments.claims.alignment import g_verdict, loglog_slope
 from trajlab.experiments.claims.averaging import e_verdict, f_verdict, usable_gaps
+from trajlab.experiments.claims.base_runs import detect_plateau, shared_window
 from trajlab.experiments.claims.budgets import base_spec, get_budget, lr_half_spec
+from trajlab.experiments.claims.cache import RunSpec
 from trajlab.experiments.claims.lines import _half_life, a_verdict, b_verdict, line_steps
-from trajlab.experiments.claims.runs import RunSpec
-from trajlab.experiments.claims.stationarity import c_verdict, detect_plateau, shared_window
+from trajlab.experiments.claims.stationarity import c_verdict
 from trajlab.experiments.claims.trajectories import d_verdict
-from trajlab.experiments.cmd_reproduce import parse_claims, parse_seeds
 
 R, N, I = common.REPRODUCED, common.NOT_REPRODUCED, common.INCONCLUSIVE
 
@@ -69,7 +70,7 @@ def test_every_claim_driver_runs_end_to_end_on_tiny(tiny_out, claim):
 
 
 def test_runs_are_cached_not_retrained(tiny_out):
-    from trajlab.experiments.claims.runs import ensure_runs
+    from trajlab.experiments.claims.cache import ensure_runs
 
     spec = base_spec(get_budget("tiny"), 0)
     summary = spec.run_dir(tiny_out) / "summary.json"

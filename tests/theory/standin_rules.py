@@ -1,4 +1,5 @@
-"""Stand-ins for trajlab.averaging.rules with the agreed weights(step) interface (tests only)."""
+"""Stand-ins for trajlab.averaging.rules with the agreed kernel interface (tests only): ``weights(step)`` and,
+for the standard shapes, ``closed_form()``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ class EMA:
         self.decay = decay
         self.warmup = warmup
         self.bias_correction = bias_correction
+
+    def closed_form(self):
+        return {"kind": "ema", "decay": self.decay}  # claimed even with bias_correction: theory must check
 
     def weights(self, step):
         w = (1 - self.decay) * self.decay ** np.arange(step, -1, -1, dtype=float)
@@ -24,6 +28,9 @@ class SWA:
     def __init__(self, start_step=0, window_steps=None):
         self.start_step = start_step
         self.window_steps = window_steps
+
+    def closed_form(self):
+        return {"kind": "swa", "start_step": self.start_step, "window": self.window_steps}
 
     def weights(self, step):
         first = (
@@ -41,6 +48,9 @@ class TwoPoint:
     def __init__(self, gap_steps):
         self.gap_steps = gap_steps
 
+    def closed_form(self):
+        return {"kind": "multi_point", "gap": self.gap_steps, "points": 2}
+
     def weights(self, step):
         w = np.zeros(step + 1)
         w[step] += 0.5
@@ -52,6 +62,9 @@ class MultiPoint:
     def __init__(self, gap_steps, points):
         self.gap_steps = gap_steps
         self.points = points
+
+    def closed_form(self):
+        return {"kind": "multi_point", "gap": self.gap_steps, "points": self.points}
 
     def weights(self, step):
         w = np.zeros(step + 1)

@@ -1,6 +1,4 @@
-"""Predictions, fitting, CLI command functions and plots."""
-
-import json
+"""Predictions, fitting and plots (the CLI's command functions: tests/commands/test_theory.py)."""
 
 import numpy as np
 import pytest
@@ -16,12 +14,6 @@ from trajlab.theory import (
     fit,
     swa_vs_cooldown,
     two_point_gain,
-)
-from trajlab.theory.cli_commands import (
-    best_ema_command,
-    equivalent_lr_command,
-    equivalent_schedule_command,
-    two_point_gain_command,
 )
 
 MODEL = NoisyQuadratic(np.geomspace(0.05, 1.0, 6), 1.0, lr=0.2)
@@ -90,17 +82,6 @@ def test_fit_recovers_curvature_and_noise():
     assert gain["loss_ratio"] == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="curvature source"):
         fit(lr)
-
-
-def test_cli_commands_are_json():
-    out = equivalent_schedule_command(ema=0.999, lr=0.1, curvature=0.5, steps=500, json=True)
-    json.dumps(out)
-    assert out["final_lr"] == pytest.approx(0.1 * 0.001)
-    assert "text" in equivalent_lr_command(lr=0.1, curvature=0.5, two_point_gap=1000)
-    json.dumps(two_point_gain_command(lr=0.1, curvature=0.5, json=True))
-    json.dumps(best_ema_command(lr=0.1, curvature=0.5, noise=1.0, horizon_steps=200, start=1.0, json=True))
-    with pytest.raises(ValueError, match="exactly one"):
-        equivalent_schedule_command(lr=0.1, curvature=0.5, steps=10)
 
 
 def test_plots_return_figures():

@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL a recording process at random points; what is left verifies, resume is exact.
 
 Two levels: the recorder on the fake loop of ``trajectory_fakes`` (no engine), and the whole run glue
-(``trajlab.experiments.runner.run_training`` with the real engine) on a tiny synthetic config.
+(``trajlab.runs.runner.run_training`` with the real engine) on a tiny synthetic config.
 """
 
 from __future__ import annotations
@@ -187,8 +187,9 @@ E2E_CONFIG = {
 _E2E_WORKER = """
 import json, shutil, sys
 from pathlib import Path
-from trajlab.config import RunConfig
-from trajlab.experiments.runner import run_training
+import torch
+from trajlab.config import HostSettings, RunConfig
+from trajlab.runs.runner import run_training
 from trajlab.trajectory import load_latest_checkpoint
 
 class Announce:
@@ -207,14 +208,16 @@ cfg = RunConfig.from_dict(json.loads(sys.argv[2]))
 resume = run.exists() and load_latest_checkpoint(run) is not None
 if run.exists() and not resume:
     shutil.rmtree(run)  # killed before the first checkpoint: start over
-run_training(None if resume else cfg, run, resume=resume, extra_callbacks=[Announce()])
+# As the CLI does: the run's train.num_threads is applied through the host (the library sets none itself).
+host = HostSettings(set_threads=torch.set_num_threads)
+run_training(None if resume else cfg, run, resume=resume, extra_callbacks=[Announce()], host=host)
 print("done", flush=True)
 """
 
 
 def _runner_available() -> bool:
     try:
-        from trajlab.experiments.runner import run_training  # noqa: F401
+        from trajlab.runs.runner import run_training  # noqa: F401
     except ImportError:
         return False
     return True
@@ -228,13 +231,13 @@ def _metrics_without_time(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _runner_available(), reason="trajlab.experiments.runner.run_training not available")
+@pytest.mark.skipif(not _runner_available(), reason="trajlab.runs.runner.run_training not available")
 def test_train_sigkill_resume_matches_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads: None
 ) -> None:
-    from trajlab.config import RunConfig
-    from trajlab.experiments import build
-    from trajlab.experiments.runner import run_training
+    from trajlab.config import HostSettings, RunConfig
+    from trajlab.runs import build
+    from trajlab.runs.runner import run_training
 
     # Reference run, in this process, capturing every training batch as the engine receives it.
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -247,13 +250,17 @@ def test_train_sigkill_resume_matches_uninterrupted_run(
 
     monkeypatch.setattr(build.DatasetBatches, "batch", capturing_batch)
     reference = tmp_path / "reference"
-    run_training(RunConfig.from_dict(E2E_CONFIG), reference)
+    run_training(
+        RunConfig.from_dict(E2E_CONFIG), reference, host=HostSettings(set_threads=torch.set_num_threads)
+    )
     monkeypatch.undo()
 
-    store = TrajectoryStore(reference)
-    assert sorted(captured) == store.batch_steps() == list(range(1, 31))
+    from trajlab.runs import RecordedRun
+
+    recorded = RecordedRun(reference)  # rebuilds a step's batch from the logged indices and seed
+    assert sorted(captured) == recorded.batch_steps == list(range(1, 31))
     for step, (x, y) in captured.items():
-        x_rebuilt, y_rebuilt = store.batch(step)
+        x_rebuilt, y_rebuilt = recorded.batch(step)
         assert torch.equal(x_rebuilt, x) and torch.equal(y_rebuilt, y), step
 
     # The same run, SIGKILLed at random steps and resumed each time.

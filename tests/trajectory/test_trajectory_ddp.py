@@ -44,10 +44,12 @@ CONFIG = {
 }
 
 _WORKER = """
-import json, sys
+import json, os, sys
+from trajlab.cli import host_from_environment
 from trajlab.config import RunConfig
-from trajlab.experiments.runner import run_training
-run_training(RunConfig.from_dict(json.loads(sys.argv[2])), sys.argv[1])
+from trajlab.runs.runner import run_training
+host = host_from_environment(os.environ)
+run_training(RunConfig.from_dict(json.loads(sys.argv[2])), sys.argv[1], host=host)
 """
 
 
@@ -59,7 +61,7 @@ def _free_port() -> int:
 
 def _runner_available() -> bool:
     try:
-        from trajlab.experiments.runner import run_training  # noqa: F401
+        from trajlab.runs.runner import run_training  # noqa: F401
     except ImportError:
         return False
     return dist.is_available() and dist.is_gloo_available()
@@ -73,17 +75,16 @@ def restore_threads() -> Iterator[None]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _runner_available(), reason="needs trajlab.experiments.runner and torch.distributed gloo"
-)
+@pytest.mark.skipif(not _runner_available(), reason="needs trajlab.runs.runner and torch.distributed gloo")
 def test_two_process_gloo_records_the_single_process_trajectory(
     tmp_path: Path, restore_threads: None
 ) -> None:
+    from trajlab.cli import host_from_environment
     from trajlab.config import RunConfig
-    from trajlab.experiments.runner import run_training
+    from trajlab.runs.runner import run_training
 
     single = tmp_path / "single"
-    run_training(RunConfig.from_dict(CONFIG), single)
+    run_training(RunConfig.from_dict(CONFIG), single, host=host_from_environment({}))
 
     ddp = tmp_path / "ddp"
     port = str(_free_port())

@@ -101,27 +101,6 @@ def test_batch_log_int64_when_indices_do_not_fit_int32(tmp_path: Path) -> None:
     assert reader.aug_seed(2) == -5
 
 
-def test_batch_rebuilds_captured_tensors_with_given_dataset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The store calls trajlab.data.make_batch; a recording stub checks it gets the logged indices and seed.
-    trainer = recording_trainer(tmp_path, 3, schedule={"at_steps": [3]})
-    trainer.fit()
-    calls = []
-
-    def fake_make_batch(ds, indices, *, aug_seed, crop_padding, flip, device):  # noqa: ANN001, ANN202
-        calls.append((indices.clone(), aug_seed))
-        return ds[0][indices], ds[1][indices]
-
-    import trajlab.data
-
-    monkeypatch.setattr(trajlab.data, "make_batch", fake_make_batch, raising=False)
-    store = TrajectoryStore(tmp_path, dataset=(trainer.x, trainer.y))
-    x, y = store.batch(2)
-    assert torch.equal(calls[0][0], batch_indices(2)) and calls[0][1] == aug_seed(2)
-    assert torch.equal(y, trainer.captured[2][1])
-
-
 def test_rank_nonzero_writes_nothing(tmp_path: Path) -> None:
     trainer = FakeTrainer([Recorder(tmp_path, {"every_steps": 1})], 3, rank=1)
     trainer.fit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from trajlab.averaging.bn import update_bn
+from trajlab.averaging.bn import evaluate_with_bn
 from trajlab.averaging.online import AveragedWeights
 from trajlab.train.callbacks import CallbackBase, StepContext
 
@@ -62,9 +62,8 @@ class AveragingCallback(CallbackBase):
         recal = self.eval_bn == "recalibrate"
         for name in self.averaged.names:
             with self.averaged.swap_into(ctx.model, name) as model:
-                if recal:
-                    update_bn(model, ctx.train_batches(self.bn_batches), max_batches=self.bn_batches)
-                metrics = ctx.evaluate(model)
+                batches = ctx.train_batches(self.bn_batches) if recal else None
+                _, metrics = evaluate_with_bn(model, ctx.evaluate, batches, self.bn_batches)
             out[f"{name}/test_loss"] = float(metrics["loss"])
             out[f"{name}/test_acc"] = float(metrics["acc"])
             out[f"{name}/bn_recalibrated"] = float(recal)

@@ -14,9 +14,12 @@ Semantics are exactly ``torch.lerp`` per row j, element i:
 (the second form makes w = 1 give t exactly, which the first SWA update relies on). The loop walks
 blocks of 512 elements: the live block stays in L1 while the K rows read it.
 
-Fallback: without a C compiler (or with ``TRAJLAB_CPU_KERNEL=0`` in the environment) :func:`load`
-returns ``None`` and :class:`~trajlab.averaging.online.AveragedWeights` uses the torch path; both give
-the same numbers (tests/averaging/test_cpu_kernel.py).
+Fallback: without a C compiler :func:`load` returns ``None`` and
+:class:`~trajlab.averaging.online.AveragedWeights` uses the torch path (also with
+``StorageOptions(cpu_kernel=False)``, which the CLI sets for ``TRAJLAB_CPU_KERNEL=0``); both give the same
+numbers (tests/averaging/test_cpu_kernel.py). Where the kernel is built and with which compiler is a
+:class:`KernelBuild`; the library reads no environment variable (the CLI maps ``$TRAJLAB_CACHE`` /
+``$XDG_CACHE_HOME`` and ``$CC`` onto it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -132,13 +136,29 @@ def _cpu_tag() -> str:
     return hashlib.sha256("\n".join([_SOURCE, *_CFLAGS, flags, platform.machine()]).encode()).hexdigest()[:16]
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("TRAJLAB_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "trajlab" / "kernels"
+@dataclass(frozen=True)
+class KernelBuild:
+    """Where the kernel is compiled to and with what.
+
+    Attributes:
+        cache_root: the cache root; the library goes to ``<cache_root>/trajlab/kernels`` (default
+            ``~/.cache``).
+        compiler: the C compiler (default: the first of ``cc``, ``gcc``, ``clang`` on PATH).
+    """
+
+    cache_root: str | None = None
+    compiler: str | None = None
+
+    def cache_dir(self) -> Path:
+        root = Path(self.cache_root).expanduser() if self.cache_root else Path.home() / ".cache"
+        return root / "trajlab" / "kernels"
+
+    def find_compiler(self) -> str | None:
+        return self.compiler or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _compile(dst: Path) -> None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compile(dst: Path, build: KernelBuild) -> None:
+    cc = build.find_compiler()
     if cc is None:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -153,15 +173,13 @@ def _compile(dst: Path) -> None:
         os.replace(out, dst)  # atomic: concurrent processes (DDP ranks) never load a half-written file
 
 
-@lru_cache(maxsize=1)
-def load() -> ctypes.CDLL | None:
+@lru_cache(maxsize=8)
+def load(build: KernelBuild = KernelBuild()) -> ctypes.CDLL | None:  # noqa: B008 (frozen, hashable)
     """The compiled kernel library, building it on first use; ``None`` when it cannot be had."""
-    if os.environ.get("TRAJLAB_CPU_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    path = _cache_dir() / f"lerp_rows_{_cpu_tag()}.so"
+    path = build.cache_dir() / f"lerp_rows_{_cpu_tag()}.so"
     try:
         if not path.exists():
-            _compile(path)
+            _compile(path, build)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
         logger.info("fused CPU averaging kernel unavailable (%s); using torch ops", err)

@@ -16,8 +16,11 @@ the copy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -63,6 +66,61 @@ def _rank() -> int:
     )
 
 
+@dataclass(frozen=True)
+class StorageOptions:
+    """Where and how the averages are stored (the container's knobs apart from the rules and their timing).
+
+    Attributes:
+        device: storage device (e.g. ``"cpu"`` to offload), default: the parameters' device.
+        dtype: storage dtype for floating tensors, default: the parameters' dtype. 16-bit storage of lerp
+            rules is compensated (``hi + lo``), so small EMA updates are not rounded away.
+        buffers: ``"copy"``: the averaged model uses the live model's buffers (BN running statistics), so no
+            storage for them; ``"average"``: floating buffers are averaged with the same rule.
+        ranks: ``"all"``: every rank keeps the average (identical under DDP, since the weights are);
+            ``"rank0"``: only rank 0 keeps it, other ranks hold nothing and ``update`` is a no-op there.
+        cpu_kernel: update several lerp averages on CPU with the small compiled loop of ``cpu_kernel.py``
+            when a C compiler is available (same numbers as the torch path, 1.3-1.4x faster for four
+            EMAs; ``False``: torch ops only).
+        kernel_build: where that loop is compiled to and with which compiler.
+    """
+
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
+    buffers: Literal["copy", "average"] = "copy"
+    ranks: Literal["all", "rank0"] = "all"
+    cpu_kernel: bool = True
+    kernel_build: fused_cpu.KernelBuild = field(default_factory=fused_cpu.KernelBuild)
+
+    def __post_init__(self) -> None:
+        if self.buffers not in ("copy", "average"):
+            raise ValueError(f"buffers must be 'copy' or 'average', got {self.buffers!r}")
+        if self.ranks not in ("all", "rank0"):
+            raise ValueError(f"ranks must be 'all' or 'rank0', got {self.ranks!r}")
+
+
+_STORAGE_KEYWORDS = ("device", "dtype", "buffers", "ranks", "cpu_kernel")
+
+
+def _storage_from(storage: Any, legacy: dict[str, Any]) -> StorageOptions:
+    """``storage`` as a StorageOptions; the pre-0.2 keywords (and a device passed positionally) still work,
+    with a DeprecationWarning, for one release."""
+    unknown = sorted(set(legacy) - set(_STORAGE_KEYWORDS))
+    if unknown:
+        raise TypeError(f"AveragedWeights() got unexpected keyword argument(s) {unknown}")
+    if storage is not None and not isinstance(storage, StorageOptions):
+        legacy = {"device": storage, **legacy}  # the old fourth positional argument
+        storage = None
+    if legacy:
+        warnings.warn(
+            f"AveragedWeights({', '.join(f'{k}=...' for k in legacy)}) is deprecated; pass "
+            f"storage=StorageOptions({', '.join(f'{k}=...' for k in legacy)})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return dataclasses.replace(storage or StorageOptions(), **legacy)
+    return storage or StorageOptions()
+
+
 class AveragedWeights:
     """Online averages of a model's weights under one or several rules.
 
@@ -73,17 +131,10 @@ class AveragedWeights:
         model: the model (DDP / ``torch.compile`` wrappers are unwrapped; FSDP2 shards stay local).
         rule_or_rules: one ``Rule`` or a sequence of rules with distinct names.
         every_steps: update interval in steps, one for all rules or one per rule.
-        device: storage device (e.g. ``"cpu"`` to offload), default: the parameters' device.
-        dtype: storage dtype for floating tensors, default: the parameters' dtype. 16-bit storage of lerp
-            rules is compensated (``hi + lo``), so small EMA updates are not rounded away.
-        buffers: ``"copy"``: the averaged model uses the live model's buffers (BN running statistics), so no
-            storage for them; ``"average"``: floating buffers are averaged with the same rule.
+        storage: device, dtype, buffers, ranks and the CPU kernel (:class:`StorageOptions`; the keywords
+            ``device=``, ``dtype=``, ``buffers=``, ``ranks=``, ``cpu_kernel=`` still work for one release,
+            with a DeprecationWarning).
         step: the step of the model's weights at construction.
-        ranks: ``"all"``: every rank keeps the average (identical under DDP, since the weights are);
-            ``"rank0"``: only rank 0 keeps it, other ranks hold nothing and ``update`` is a no-op there.
-        cpu_kernel: update several lerp averages on CPU with the small compiled loop of ``cpu_kernel.py``
-            when a C compiler is available (same numbers as the torch path, 1.3-1.4x faster for four
-            EMAs; ``False``: torch ops only).
 
     Example:
         >>> avg = AveragedWeights(model, [EMA(0.999), TwoPoint(2000)], every_steps=[1, 2000])
@@ -97,14 +148,12 @@ class AveragedWeights:
         model: nn.Module,
         rule_or_rules: Rule | Sequence[Rule],
         every_steps: int | Sequence[int] = 1,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        buffers: Literal["copy", "average"] = "copy",
+        storage: StorageOptions | None = None,
         *,
         step: int = 0,
-        ranks: Literal["all", "rank0"] = "all",
-        cpu_kernel: bool = True,
+        **legacy: Any,
     ) -> None:
+        storage = _storage_from(storage, legacy)
         rules = [rule_or_rules] if isinstance(rule_or_rules, Rule) else list(rule_or_rules)
         if not rules or not all(isinstance(r, Rule) for r in rules):
             raise TypeError("rule_or_rules must be a Rule or a non-empty sequence of Rules")
@@ -116,16 +165,14 @@ class AveragedWeights:
             raise ValueError(f"every_steps has {len(every)} entries for {len(rules)} rules")
         for r, e in zip(rules, every):
             r.check_every_steps(e)
-        if buffers not in ("copy", "average"):
-            raise ValueError(f"buffers must be 'copy' or 'average', got {buffers!r}")
-        if ranks not in ("all", "rank0"):
-            raise ValueError(f"ranks must be 'all' or 'rank0', got {ranks!r}")
+        self.storage = storage
+        buffers, device, dtype = storage.buffers, storage.device, storage.dtype
         self.rules = {r.name: r for r in rules}
         self.every_steps = dict(zip(names, every))
         self.buffers = buffers
-        self.cpu_kernel = bool(cpu_kernel)
+        self.cpu_kernel = bool(storage.cpu_kernel)
         self.model = unwrap_model(model)
-        self.active = ranks == "all" or _rank() == 0
+        self.active = storage.ranks == "all" or _rank() == 0
         self.device = None if device is None else torch.device(device)
         self.dtype = dtype
         self.step = int(step)
@@ -241,7 +288,7 @@ class AveragedWeights:
 
     def _fused_lerp(self, live: list[Tensor], weights: list[float]) -> None:
         if live[0].device.type == "cpu":
-            lib = fused_cpu.load() if self.cpu_kernel else None
+            lib = fused_cpu.load(self.storage.kernel_build) if self.cpu_kernel else None
             if lib is not None and fused_cpu.supported(self._stack, live):
                 # One pass in C: 1 + 2K tensor passes of memory traffic, no weight broadcast.
                 fused_cpu.lerp_rows_(lib, self._stack, live, weights)

@@ -25,8 +25,9 @@ from torch import Tensor
 from trajlab.averaging.rules import Rule
 
 
-class TrajectoryStore(Protocol):
-    """What post-hoc averaging needs from a snapshot store (``trajlab.trajectory``)."""
+class SnapshotReader(Protocol):
+    """What post-hoc averaging needs from a snapshot store (``trajlab.trajectory.TrajectoryStore``, or a
+    ``trajlab.runs.RecordedRun``)."""
 
     def steps(self) -> list[int]:
         """Sorted steps that have a snapshot."""
@@ -115,7 +116,7 @@ def _explain(
 
 @torch.no_grad()
 def post_hoc_many(
-    store: TrajectoryStore,
+    store: SnapshotReader,
     rules: Sequence[Rule],
     at_steps: Sequence[int],
     every_steps: int | Sequence[int] = 1,
@@ -178,7 +179,7 @@ def post_hoc_many(
 
 
 def post_hoc(
-    store: TrajectoryStore,
+    store: SnapshotReader,
     rule: Rule,
     at_step: int,
     every_steps: int = 1,

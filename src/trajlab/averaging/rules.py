@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -189,6 +189,14 @@ class Rule:
         out = np.zeros(step + 1)
         out[grid] = self.point_weights(grid)
         return out
+
+    def closed_form(self) -> dict[str, Any] | None:
+        """The rule as plain numbers when its kernel (updated every step) is one of the standard shapes,
+        so that the theory can use exact closed forms; ``None`` for any other kernel (the theory then uses
+        :meth:`weights`). Shapes: ``{"kind": "ema", "decay": d}`` (weight (1-d) d^(T-j) on theta_j, d^T on
+        theta_0); ``{"kind": "multi_point", "gap": k, "points": n}`` (1/n on theta_T, theta_(T-k), ...);
+        ``{"kind": "swa", "start_step": s, "window": w or None}`` (uniform over the last w steps from s)."""
+        return None
 
     def check_every_steps(self, every_steps: int) -> None:
         """Raise ``ValueError`` if the rule cannot run with updates every ``every_steps`` steps."""
@@ -360,6 +368,11 @@ class EMA(Rule):
         self.bias_correction = bool(bias_correction)
         self.name += "_warmup" * self.warmup + "_debiased" * self.bias_correction
 
+    def closed_form(self) -> dict[str, Any] | None:
+        if self.warmup or self.bias_correction:
+            return None
+        return {"kind": "ema", "decay": self.decay}
+
     def decay_product(self, start: int, stop: int) -> float:
         """Product of the per-step decays d_s for s in (start, stop]."""
         if not self.warmup:
@@ -444,6 +457,9 @@ class SWA(Rule):
         count = np.cumsum(inside)  # points folded since the start, the init point included
         return np.where(inside, 1.0 / np.maximum(count, 1), 1.0)
 
+    def closed_form(self) -> dict[str, Any] | None:
+        return {"kind": "swa", "start_step": self.start_step, "window": self.window_steps}
+
     def ring_capacity(self, every_steps: int) -> int:
         return -(-self.window_steps // every_steps)
 
@@ -485,6 +501,9 @@ class MultiPoint(Rule):
                 f"theta_(t-{self.gap_steps}) is never on the update grid. Use every_steps dividing the gap"
                 f" (every_steps={self.gap_steps} keeps only {self.points} snapshots)."
             )
+
+    def closed_form(self) -> dict[str, Any] | None:
+        return {"kind": "multi_point", "gap": self.gap_steps, "points": self.points}
 
     def ring_capacity(self, every_steps: int) -> int:
         return (self.points - 1) * self.gap_steps // every_steps + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from trajlab.data import cifar, idx, imagefolder
 from trajlab.data import synthetic as synth
 from trajlab.data.dataset import KNOWN_STATS, ImageDataset, channel_stats, pad_images
 from trajlab.data.errors import DataError
-from trajlab.data.locate import ENV_VAR, check_name, find_data_dir
+from trajlab.data.locate import check_name, find_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def load_dataset(
     download: bool = False,
     image_size: int | None = None,
     synthetic: dict | None = None,
+    search_dirs: Sequence[str | os.PathLike] = (),
 ) -> ImageDataset:
     """Loads a dataset split into memory.
 
@@ -41,6 +43,7 @@ def load_dataset(
         image_size: Side length for ``imagefolder`` (default 32); images are resized (shorter side)
             and centre-cropped.
         synthetic: Options of the ``synthetic`` task (see ``SyntheticSpec``).
+        search_dirs: Further directories to look in when ``data_dir`` is None (before the system location).
 
     Returns:
         The split as an ``ImageDataset``; ``mean``/``std`` are the published constants for
@@ -62,7 +65,7 @@ def load_dataset(
         )
 
     images, labels, num_classes, stats, where = _read_split(
-        name, split, data_dir, download, image_size, synthetic
+        name, split, data_dir, download, image_size, synthetic, tuple(search_dirs)
     )
     if pad_to is not None:
         images = pad_images(images, pad_to, f"{name}/{split}")
@@ -78,18 +81,19 @@ def load_dataset(
     return ds
 
 
-def _idx_directory(name: str, data_dir: str | os.PathLike | None, split: str, download: bool) -> Path:
+def _idx_directory(
+    name: str, data_dir: str | os.PathLike | None, split: str, download: bool, search_dirs: tuple
+) -> Path:
     if not download:
-        return find_data_dir(name, data_dir)
+        return find_data_dir(name, data_dir, search_dirs)
     try:
-        directory = find_data_dir(name, data_dir)
+        directory = find_data_dir(name, data_dir, search_dirs)
     except DataError:
-        # Download target: the explicit dir, else $TRAJLAB_DATA/<name>, else ./data/<name>.
-        env = os.environ.get(ENV_VAR)
+        # Download target: the explicit dir, else the first search dir's <name>, else ./data/<name>.
         if data_dir is not None:
             directory = Path(data_dir).expanduser()
-        elif env:
-            directory = Path(env).expanduser() / name
+        elif search_dirs:
+            directory = Path(search_dirs[0]).expanduser() / name
         else:
             directory = Path.cwd() / "data" / name
     idx.download_idx(name, directory, "train")
@@ -105,6 +109,7 @@ def _read_split(
     download: bool,
     image_size: int | None,
     synthetic: dict | None,
+    search_dirs: tuple = (),
 ) -> tuple[torch.Tensor, torch.Tensor, int, tuple, Path | str]:
     # Returns (uint8 [N, C, H, W], int64 [N], num_classes, (mean, std), where the data came from).
     stats = KNOWN_STATS.get(name)
@@ -116,15 +121,15 @@ def _read_split(
         train_images = images if split == "train" else synth.make_synthetic(spec, "train")[0]
         stats = channel_stats(train_images)
     elif name in ("fashion-mnist", "mnist"):
-        directory = _idx_directory(name, data_dir, split, download)
+        directory = _idx_directory(name, data_dir, split, download, search_dirs)
         images, labels = idx.load_idx_split(directory, split)
         num_classes, where = 10, directory
     elif name in ("cifar10", "cifar100"):
-        directory = find_data_dir(name, data_dir)
+        directory = find_data_dir(name, data_dir, search_dirs)
         images, labels = cifar.load_cifar_split(name, directory, split)
         num_classes, where = (10 if name == "cifar10" else 100), directory
     else:
-        root = find_data_dir(name, data_dir)
+        root = find_data_dir(name, data_dir, search_dirs)
         size = 32 if image_size is None else image_size
         images, labels, num_classes = imagefolder.load_imagefolder_split(root, split, size)
         reference = imagefolder.stats_images(root, size, images if split == "train" else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from trajlab.data.cifar import has_cifar
@@ -11,7 +12,6 @@ from trajlab.data.idx import has_idx
 from trajlab.data.imagefolder import has_imagefolder
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
-ENV_VAR = "TRAJLAB_DATA"
 # Locations installed by system packages (Debian `dataset-fashion-mnist`).
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
@@ -42,23 +42,26 @@ def holds_dataset(name: str, directory: Path) -> bool:
     return has_imagefolder(directory)
 
 
-def candidate_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+def candidate_dirs(
+    name: str, data_dir: str | os.PathLike | None = None, search_dirs: Sequence[str | os.PathLike] = ()
+) -> list[Path]:
     """The directories searched for ``name``, in order (see ``find_data_dir``)."""
     if data_dir is not None:
         # An explicit directory is authoritative: never fall back silently to another copy.
         base = Path(data_dir).expanduser()
         return [base, base / name]
     out: list[Path] = []
-    env = os.environ.get(ENV_VAR)
-    if env:
-        base = Path(env).expanduser()
+    for extra in search_dirs:
+        base = Path(extra).expanduser()
         out += [base, base / name]
     out += list(SYSTEM_DIRS.get(name, ()))
     out.append(Path.cwd() / "data" / name)
     return out
 
 
-def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+def find_data_dir(
+    name: str, data_dir: str | os.PathLike | None = None, search_dirs: Sequence[str | os.PathLike] = ()
+) -> Path:
     """Finds the directory holding dataset ``name``.
 
     Search order: ``data_dir`` and ``data_dir/<name>`` when ``data_dir`` is given (and then nothing
@@ -69,6 +72,7 @@ def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     Args:
         name: A dataset name other than ``"synthetic"``.
         data_dir: Explicit directory (e.g. from ``--data-dir``).
+        search_dirs: Further directories to look in when ``data_dir`` is None.
 
     Returns:
         The first directory that holds the dataset's train split.
@@ -79,12 +83,12 @@ def find_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     check_name(name)
     if name == "synthetic":
         raise DataError("the synthetic dataset is generated in memory and has no data directory")
-    looked = candidate_dirs(name, data_dir)
+    looked = candidate_dirs(name, data_dir, search_dirs)
     for directory in looked:
         if holds_dataset(name, directory):
             return directory
     download = " or use download=True on a machine with network" if name in ("fashion-mnist", "mnist") else ""
     raise DataError(
         f"{name} not found; looked in: {', '.join(str(p) for p in looked)}. "
-        f"To fix: {_HOW_TO_GET[name]}, pass --data-dir DIR, set {ENV_VAR}=DIR{download}"
+        f"To fix: {_HOW_TO_GET[name]}, pass --data-dir DIR, set TRAJLAB_DATA=DIR{download}"
     )

@@ -24,18 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from trajlab.config import ConfigError, RunConfig, resolve_config
-from trajlab.experiments.demo_analysis import Analysis, Budget, _num, config_hash, fit_theory
-from trajlab.experiments.runner import RunDirError, run_training
+from trajlab.config import ConfigError, HostSettings, RunConfig, resolve_config
+from trajlab.experiments.demo_analysis import Analysis, DemoBudget, _num, config_hash, fit_theory
 from trajlab.reports import html as report
+from trajlab.runs.runner import RunDirError, run_training
 
 # The measurements live in demo_analysis; these names stay importable from here.
 __all__ = [
     "BUDGETS",
     "Analysis",
-    "Budget",
+    "DemoBudget",
     "DemoResult",
     "config_hash",
     "demo_config",
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 _TINY_DATA = "data.synthetic={n = 256, n_test = 128, num_classes = 4, channels = 1, size = 16, seed = 3}"
 BUDGETS = {
     # seconds on synthetic data (tests)
-    "tiny": Budget(
+    "tiny": DemoBudget(
         preset="fashion-resnet20",
         overrides=(
             "data.name=synthetic",
@@ -79,7 +78,7 @@ BUDGETS = {
     ),
     # 576 steps (6 epochs of 12,288 images) at lr 0.1: estimated 5-6 minutes in all on 2 idle CPU cores
     # (from component timings: training ~265 s, probes ~35 s, loss matrix ~7 s, post hoc ~20 s, report ~4 s)
-    "default": Budget(
+    "default": DemoBudget(
         preset="fashion-resnet20",
         overrides=(
             "data.train_subset=12288",
@@ -152,6 +151,7 @@ def run_demo(
     budget: str = "default",
     command: list[str] | None = None,
     fresh: bool = False,
+    host: HostSettings | None = None,
 ) -> DemoResult:
     """Train (or reuse), analyse the stored trajectory, and write ``OUT/report.html``.
 
@@ -161,6 +161,7 @@ def run_demo(
         budget: ``"default"`` (minutes on 2 CPU cores) or ``"tiny"`` (seconds, synthetic data).
         command: the command line, recorded in the run's provenance.
         fresh: delete ``out`` first.
+        host: the machine's settings (where else to look for data, threads, the CPU kernel).
 
     Returns:
         A :class:`DemoResult` (``summary_text()`` is what the CLI prints).
@@ -172,12 +173,12 @@ def run_demo(
         shutil.rmtree(out)
     result = DemoResult(out_dir=out, run_dir=out / f"run-{config_hash(cfg)}")
     run_dir = result.run_dir
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
+    host = host or HostSettings()
+    host.apply_threads(cfg.train.num_threads)
     t0 = time.perf_counter()
-    reused = _train_or_reuse(cfg, run_dir, command)
+    reused = _train_or_reuse(cfg, run_dir, command, host)
     result.timings_s["train"] = time.perf_counter() - t0
-    analysis = Analysis(cfg, run_dir, b, progress=cfg.train.progress)
+    analysis = Analysis(cfg, run_dir, b, progress=cfg.train.progress, host=host)
     for name, step in analysis.stages():
         t0 = time.perf_counter()
         step()
@@ -191,7 +192,7 @@ def run_demo(
     return result
 
 
-def _train_or_reuse(cfg: RunConfig, run_dir: Path, command: list[str] | None) -> bool:
+def _train_or_reuse(cfg: RunConfig, run_dir: Path, command: list[str] | None, host: HostSettings) -> bool:
     """Train into ``run_dir`` unless it holds this config's completed run; resume an interrupted one."""
     if (run_dir / "summary.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
@@ -200,12 +201,12 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, command: list[str] | None) ->
             return True
     if run_dir.exists():
         try:
-            run_training(None, run_dir, resume=True, command=command)
+            run_training(None, run_dir, resume=True, command=command, host=host)
             return False
         except RunDirError as e:
             log.info("cannot resume %s (%s); training it again", run_dir, e)
             shutil.rmtree(run_dir)
-    run_training(cfg, run_dir, command=command)
+    run_training(cfg, run_dir, command=command, host=host)
     return False
 
 

@@ -2,7 +2,7 @@
 
 Split from :mod:`trajlab.experiments.demo`, which orchestrates (train or reuse, analyse, report, summary):
 this module holds what is measured from the stored snapshots and written to ``RUN/analysis/``. It also
-holds :class:`Budget` (how much the demo trains and measures) and :func:`config_hash` (the key the
+holds :class:`DemoBudget` (how much the demo trains and measures) and :func:`config_hash` (the key the
 analysis is stamped with), so that it never imports the orchestration back. :mod:`trajlab.experiments.demo`
 re-exports its public names.
 """
@@ -14,24 +14,23 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
-from trajlab.config import RunConfig
-from trajlab.experiments import build
-from trajlab.experiments.runner import RunDirError
+from trajlab.config import HostSettings, RunConfig
 from trajlab.provenance import provenance, write_json_atomic
 from trajlab.reports import html as report
+from trajlab.runs import RecordedRun, build
+from trajlab.runs.runner import RunDirError
 
 
 @dataclass(frozen=True)
-class Budget:
+class DemoBudget:
     """What the demo trains and measures. Steps are optimizer steps; the lr is per step (batch 128)."""
 
     preset: str
@@ -59,9 +58,15 @@ def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
 class Analysis:
     """The measurements on a recorded run, each written once to ``RUN/analysis/`` (reused if present)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, budget: Budget, *, progress: bool = True) -> None:
-        from trajlab.trajectory import TrajectoryStore
-
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        budget: DemoBudget,
+        *,
+        progress: bool = True,
+        host: HostSettings | None = None,
+    ) -> None:
         self.cfg, self.run_dir, self.budget, self.progress = cfg, run_dir, budget, progress
         self.dir = run_dir / report.ANALYSIS_DIR
         spec = json.loads(json.dumps({"budget": asdict(budget), "config": config_hash(cfg)}))
@@ -69,14 +74,11 @@ class Analysis:
             shutil.rmtree(self.dir)  # measured with other settings: measure again
         write_json_atomic(self.dir / "spec.json", spec)
         self.device = build.resolve_device(cfg.train.device)
-        self.train_ds = build.build_train_data(cfg)
-        self.test_ds = build.build_test_data(cfg)
-        self.store = TrajectoryStore(run_dir, dataset=self.train_ds)
-        self.snapshots = [s for s in self.store.steps() if s > 0]
+        self.run = RecordedRun(run_dir, device=self.device, host=host, bn_batches=budget.bn_batches)
+        self.snapshots = [s for s in self.run.snapshot_steps if s > 0]
         if len(self.snapshots) < 3:
             raise RunDirError(f"{run_dir} holds {len(self.snapshots)} snapshots after step 0; need >= 3")
-        self.model = build.build_model_for(cfg, self.train_ds).to(self.device)
-        self.heldout = self._heldout_batches(budget.heldout_batches)
+        self.heldout = self.run.heldout_batches(budget.heldout_batches)
 
     def stages(self) -> list[tuple[str, Callable[[], None]]]:
         """(name, function) of each measurement, in order (later ones read earlier results)."""
@@ -88,46 +90,10 @@ class Analysis:
         ]
 
     # ---- helpers
-    def _heldout_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from trajlab.data import make_batch
-
-        g = torch.Generator().manual_seed(1234)
-        perm = torch.randperm(len(self.test_ds), generator=g)
-        size = min(self.cfg.train.batch_size, len(self.test_ds) // max(n, 1))
-        return [
-            make_batch(self.test_ds, perm[i * size : (i + 1) * size], aug_seed=None, device=self.device)
-            for i in range(n)
-        ]
-
     def _bar(self, total: int, desc: str) -> Any:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
-
-    def _load(self, step: int) -> torch.nn.Module:
-        self.model.load_state_dict(self.store.load(step, device=self.device))
-        return self.model
-
-    def _evaluate(self) -> dict[str, float]:
-        from trajlab.train.evaluate import evaluate_model
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return build.iterate_eval(self.test_ds, self.cfg.train.eval_batch_size, device=self.device)
-
-        return evaluate_model(self.model, batches)
-
-    def _recalibrate(self) -> None:
-        from trajlab.averaging import update_bn
-
-        batches = build.DatasetBatches(
-            self.train_ds,
-            self.cfg.data,
-            batch_size=self.cfg.train.batch_size,
-            seed=self.cfg.train.seed,
-            device=self.device,
-            channels_last=False,
-        )
-        update_bn(self.model, batches.recalibration_batches(self.budget.bn_batches))
 
     def _done(self, name: str) -> bool:
         return (self.dir / name).is_file()
@@ -153,9 +119,9 @@ class Analysis:
             for i in picks.astype(int):
                 step = self.snapshots[i]
                 profile = line_profile(
-                    self._load(step),
+                    self.run.load_weights(step),
                     F.cross_entropy,
-                    self.store.batch(step, device=self.device),
+                    self.run.batch(step),
                     eval_batches={"held-out": self.heldout[0]},
                     bn="batch",
                     num_points=self.budget.probe_points,
@@ -183,13 +149,7 @@ class Analysis:
         rows: dict[str, Any] = {f"B_{inner[int(i)]}": inner[int(i)] for i in picks}
         rows.update({f"held-out {i}": b for i, b in enumerate(self.heldout)})
         with self._bar(1, "loss matrix") as bar:
-            matrix = loss_matrix(
-                self.store,
-                rows,
-                steps,
-                lambda: build.build_model_for(self.cfg, self.train_ds),
-                device=self.device,
-            )
+            matrix = loss_matrix(self.run, rows, steps, self.run.new_model, device=self.device)
             bar.update()
         memory = batch_memory(matrix).to_dict()
         memory["decay_rate_per_step"] = _decay_rate(memory["steps_since"], memory["advantage"])
@@ -213,22 +173,31 @@ class Analysis:
         if self._done(report.POST_HOC):
             return
         last = self.snapshots[-1]
-        every = int(np.gcd.reduce(np.asarray(self.store.steps())))
+        every = int(np.gcd.reduce(np.asarray(self.run.snapshot_steps)))
         rules = self._post_hoc_rules(last, every)
-        states = post_hoc_many(self.store, rules, [last], every, device=self.device)
+        states = post_hoc_many(self.run, rules, [last], every, device=self.device)
         rows = []
         with self._bar(len(rules) + 2, "post-hoc averages") as bar:
-            self._load(last)
-            rows.append({"name": "last iterate", "rule": "none", "bn": "running", **_acc(self._evaluate())})
-            self._recalibrate()
             rows.append(
-                {"name": "last iterate", "rule": "none", "bn": "recalibrated", **_acc(self._evaluate())}
+                {
+                    "name": "last iterate",
+                    "rule": "none",
+                    "bn": "running",
+                    **_acc(self.run.evaluate(last, "raw")),
+                }
+            )
+            rows.append(
+                {
+                    "name": "last iterate",
+                    "rule": "none",
+                    "bn": "recalibrated",
+                    **_acc(self.run.evaluate(last)),
+                }
             )
             bar.update(2)
             for rule in rules:
-                self.model.load_state_dict(states[(rule.name, last)])
-                self._recalibrate()
-                row = {"name": rule.name, "rule": repr(rule), "bn": "recalibrated", **_acc(self._evaluate())}
+                evaluation = self.run.evaluate(states[(rule.name, last)])
+                row = {"name": rule.name, "rule": repr(rule), "bn": "recalibrated", **_acc(evaluation)}
                 if hasattr(rule, "gap_steps") and getattr(rule, "points", 2) == 2:
                     row["gap_steps"] = int(rule.gap_steps)
                 rows.append(row)
@@ -239,7 +208,7 @@ class Analysis:
                 "at_step": last,
                 "every_steps": every,
                 "bn_batches": self.budget.bn_batches,
-                "test_images": len(self.test_ds),
+                "test_images": len(self.run.test_data),
                 "rows": rows,
             },
         )
@@ -355,8 +324,8 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-def _acc(metrics: dict[str, float]) -> dict[str, float]:
-    return {"test_loss": float(metrics["loss"]), "test_acc": float(metrics["acc"])}
+def _acc(evaluation: Any) -> dict[str, float]:
+    return {"test_loss": float(evaluation.loss), "test_acc": float(evaluation.acc)}
 
 
 def _decay_rate(ks: list[int], advantage: list[float]) -> float:

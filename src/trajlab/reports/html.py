@@ -3,7 +3,7 @@
 Inputs, per run directory (each optional but ``config.json``; a section is shown only when its inputs
 exist, and says what is missing otherwise)::
 
-    RUN/config.json, provenance.json, summary.json, metrics.jsonl   (trajlab.experiments.runner)
+    RUN/config.json, provenance.json, summary.json, metrics.jsonl   (trajlab.runs.runner)
     RUN/analysis/line_probes.jsonl   line profiles: {"step", "lr", ...LineProfile.to_dict()} per line
     RUN/analysis/loss_matrix.json    LossMatrix.to_dict()
     RUN/analysis/batch_memory.json   BatchMemory.to_dict() (+ "decay_rate_per_step")

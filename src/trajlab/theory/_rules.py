@@ -1,10 +1,13 @@
-"""Recognise averaging rules by duck typing, so theory never imports ``trajlab.averaging``.
+"""Read averaging rules through their public kernel API, so theory never imports ``trajlab.averaging``.
 
 A rule is anything with ``weights(step) -> np.ndarray`` of shape (step + 1,) (the weight of theta_j,
-j = 0..step, in the average held at ``step``), or a plain weights array. EMA, TwoPoint, MultiPoint and
-SWA are recognised by class name and attributes and get exact fast forms; before trusting the name we
-compare the rule's own weights with the weights the fast form assumes, and fall back to the general
-weighted-sum formula if they differ (a different convention must never give a silently wrong answer).
+j = 0..step, in the average held at ``step``), or a plain weights array. A rule whose ``closed_form()``
+names a standard shape (``{"kind": "ema", "decay": d}``, ``{"kind": "multi_point", "gap": k, "points": n}``,
+``{"kind": "swa", "start_step": s, "window": w}``) gets the model's exact closed forms; before trusting it,
+the rule's own ``weights`` are compared with the shape's, and the general weighted-sum formula is used if
+they differ (a different convention must never give a silently wrong answer). Wherever a rule is given,
+its weights come from the rule itself; the shapes' formulas here serve the specs the theory builds from
+plain numbers (the CLI's ``--ema 0.99``, a gain curve over gaps).
 """
 
 from __future__ import annotations
@@ -37,7 +40,17 @@ class RuleSpec:
     source: Any = None
 
     def weights(self, step: int) -> np.ndarray:
-        """Weights of theta_0..theta_step in the average held at ``step`` (shape (step + 1,))."""
+        """Weights of theta_0..theta_step in the average held at ``step`` (shape (step + 1,)): the rule's
+        own (``source.weights``) when there is a rule, else the shape's (:meth:`shape_weights`)."""
+        if callable(getattr(self.source, "weights", None)):
+            w = np.asarray(self.source.weights(step), dtype=np.float64)
+            if w.shape != (step + 1,):
+                raise ValueError(f"rule.weights({step}) must have shape ({step + 1},), got {w.shape}")
+            return w
+        return self.shape_weights(step)
+
+    def shape_weights(self, step: int) -> np.ndarray:
+        """The weights the closed forms assume for this kind (a fixed array for ``"weights"`` specs)."""
         if self.kind == "none":
             w = np.zeros(step + 1)
             w[-1] = 1.0
@@ -57,11 +70,6 @@ class RuleSpec:
             first = min(first, step)
             w = np.zeros(step + 1)
             w[first:] = 1.0 / (step + 1 - first)
-            return w
-        if callable(getattr(self.source, "weights", None)):
-            w = np.asarray(self.source.weights(step), dtype=np.float64)
-            if w.shape != (step + 1,):
-                raise ValueError(f"rule.weights({step}) must have shape ({step + 1},), got {w.shape}")
             return w
         kernel = np.asarray(self.source, dtype=np.float64)
         if step + 1 < kernel.size:
@@ -89,7 +97,7 @@ def _matches(spec: RuleSpec, rule: Any, step: int) -> bool:
         theirs = np.asarray(rule.weights(step), dtype=np.float64)
     except Exception:  # a rule that cannot answer is treated as a general rule
         return False
-    ours = spec.weights(step)
+    ours = spec.shape_weights(step)
     return theirs.shape == ours.shape and np.allclose(theirs, ours, rtol=1e-9, atol=1e-12)
 
 
@@ -115,27 +123,31 @@ def describe_rule(rule: Any) -> RuleSpec:
         raise TypeError(
             f"expected an averaging rule with .weights(step) or a weights array, got {type(rule)!r}"
         )
-    name = type(rule).__name__
+    form = rule.closed_form() if callable(getattr(rule, "closed_form", None)) else None
     spec = RuleSpec("weights", source=rule)
-    if name == "EMA" and hasattr(rule, "decay"):
-        candidate = RuleSpec("ema", decay=decay_value(rule.decay), source=rule)
-        spec = candidate if _matches(candidate, rule, 40) else spec
-    elif name == "TwoPoint" and hasattr(rule, "gap_steps"):
-        gap = gap_value("gap_steps", rule.gap_steps)
-        candidate = RuleSpec("two_point", gap=gap, points=2, source=rule)
-        spec = candidate if _matches(candidate, rule, 2 * gap + 3) else spec
-    elif name == "MultiPoint" and hasattr(rule, "gap_steps") and hasattr(rule, "points"):
-        gap = gap_value("gap_steps", rule.gap_steps)
-        points = steps_value("points", rule.points, minimum=1)
-        candidate = RuleSpec("multi_point", gap=gap, points=points, source=rule)
-        spec = candidate if _matches(candidate, rule, gap * points + 3) else spec
-    elif name == "SWA" and hasattr(rule, "start_step"):
-        start = steps_value("start_step", rule.start_step)
-        window = getattr(rule, "window_steps", None)
-        window = None if window is None else gap_value("window_steps", window)
-        candidate = RuleSpec("swa", start_step=start, window=window, source=rule)
-        probe = start + (window or 5) + 7
-        spec = candidate if _matches(candidate, rule, probe) else spec
-    if spec.kind == "weights" and name in ("EMA", "TwoPoint", "MultiPoint", "SWA"):
-        logger.info("%s: weights differ from the closed form's convention; using the general formula", name)
+    candidate, probe = _candidate(form, rule)
+    if candidate is not None:
+        if _matches(candidate, rule, probe):
+            spec = candidate
+        else:
+            logger.info(
+                "%r: weights differ from its closed form's convention; using the general formula", rule
+            )
     return spec
+
+
+def _candidate(form: dict[str, Any] | None, rule: Any) -> tuple[RuleSpec | None, int]:
+    """The closed-form spec a rule's ``closed_form()`` describes, and the step to compare weights at."""
+    kind = (form or {}).get("kind")
+    if kind == "ema":
+        return RuleSpec("ema", decay=decay_value(form["decay"]), source=rule), 40
+    if kind == "multi_point":
+        gap = gap_value("gap_steps", form["gap"])
+        points = steps_value("points", form["points"], minimum=1)
+        name = "two_point" if points == 2 else "multi_point"
+        return RuleSpec(name, gap=gap, points=points, source=rule), gap * points + 3
+    if kind == "swa":
+        start = steps_value("start_step", form["start_step"])
+        window = None if form.get("window") is None else gap_value("window_steps", form["window"])
+        return RuleSpec("swa", start_step=start, window=window, source=rule), start + (window or 5) + 7
+    return None, 0

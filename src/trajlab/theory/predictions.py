@@ -1,7 +1,7 @@
 """Predictions of the noisy quadratic model: what averaging buys and which lr it is worth.
 
 All functions take a NoisyQuadratic and return plain dicts of numpy arrays / floats, ready for
-``trajlab.reports.theory_plots`` and for JSON (see ``cli_commands``).
+``trajlab.reports.theory_plots`` and for JSON (see ``trajlab.commands.theory``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ uses per-rank statistics unless ``sync_bn`` is set.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,22 +27,39 @@ class DistInfo:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> DistInfo:
-        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (absent: a single process)."""
-        env = os.environ if environ is None else environ
+    def from_env(cls, environ: Mapping[str, str]) -> DistInfo:
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK from ``environ`` (absent: a single process).
+
+        The library reads no environment itself: the CLI passes ``os.environ``'s values down
+        (:attr:`trajlab.config.HostSettings.distributed_env`).
+        """
         return cls(
-            rank=int(env.get("RANK", 0)),
-            world_size=int(env.get("WORLD_SIZE", 1)),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
+            rank=int(environ.get("RANK", 0)),
+            world_size=int(environ.get("WORLD_SIZE", 1)),
+            local_rank=int(environ.get("LOCAL_RANK", 0)),
         )
 
+    @classmethod
+    def current(cls) -> DistInfo:
+        """The initialised default process group's rank and size (a single process when there is none)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        rank, size = dist.get_rank(), dist.get_world_size()
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return cls(rank=rank, world_size=size, local_rank=rank % gpus if gpus else 0)
 
-def init_process_group(info: DistInfo, device: torch.device) -> None:
-    """gloo on CPU, nccl on CUDA; a no-op for a single process or when already initialised."""
+
+def init_process_group(info: DistInfo, device: torch.device) -> bool:
+    """gloo on CPU, nccl on CUDA; a no-op for a single process or when already initialised.
+
+    Returns:
+        Whether this call created the group (then the caller destroys it; a group the user made is theirs).
+    """
     if not info.enabled or dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    return True
 
 
 def destroy_process_group() -> None:

@@ -37,7 +37,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class BatchSource(Protocol):
-    """Where training batches come from (see :class:`trajlab.experiments.build.DatasetBatches`)."""
+    """Where training batches come from (see :class:`trajlab.runs.build.DatasetBatches`)."""
 
     global_batch_size: int
     steps_per_epoch: int

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import safetensors
 import torch
@@ -16,7 +14,6 @@ from trajlab.trajectory import layout
 from trajlab.trajectory.batchlog import BatchLogReader, ChunkScan
 from trajlab.trajectory.errors import TrajectoryError
 from trajlab.trajectory.manifest import ManifestProblem, SnapshotEntry, read_manifest
-from trajlab.trajectory.verify import VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +21,13 @@ StateDict = dict[str, torch.Tensor]
 
 
 class TrajectoryStore:
-    """Read a run directory's trajectory: snapshots (memory-mapped safetensors), batch log, config.
+    """Read a run directory's trajectory: snapshots (memory-mapped safetensors) and the batch log.
+
+    A pure file layer: it reads tensors and the logged batch indices and augmentation seeds, and never
+    builds a dataset or a model (rebuilding a step's batch tensors is :meth:`trajlab.runs.RecordedRun.batch`).
 
     Args:
         run_dir: the run directory (holding ``trajectory/``).
-        dataset: the training dataset for :meth:`batch`; default: rebuilt from ``config.json``'s data section.
 
     Raises:
         TrajectoryError: ``trajectory/format.json`` missing or of another format version.
@@ -38,10 +37,10 @@ class TrajectoryStore:
         store = TrajectoryStore("runs/fashion")
         for step, state in store.iter_snapshots():   # one snapshot in memory at a time
             model.load_state_dict(state)
-        x, y = store.batch(500)                      # exactly what step 500 trained on
+        store.batch_indices(500), store.aug_seed(500)  # what step 500 trained on
     """
 
-    def __init__(self, run_dir: str | Path, dataset: Any = None) -> None:
+    def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.traj_dir = self.run_dir / layout.TRAJECTORY_DIR
         layout.check_format_file(self.traj_dir)
@@ -54,8 +53,6 @@ class TrajectoryStore:
             self._by_step[entry.step] = entry
         self._by_step = dict(sorted(self._by_step.items()))
         self._batches = BatchLogReader(self.traj_dir / layout.BATCH_DIR)
-        self._dataset = dataset
-        self._config: dict[str, Any] | None = None
 
     # ---- snapshots -------------------------------------------------------------------------------------
     @property
@@ -201,81 +198,6 @@ class TrajectoryStore:
     def aug_seed(self, step: int) -> int:
         """The augmentation seed of ``B_step``."""
         return self._batches.aug_seed(step)
-
-    def batch(self, step: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rebuild ``(x, y)``, the exact global batch step ``step`` trained on (same augmentation draws).
-
-        Uses the run's data recipe: ``trajlab.experiments.build.build_train_data(config)`` (or the
-        ``dataset`` given to the constructor) and ``trajlab.data.make_batch``.
-
-        Returns:
-            float32 ``x`` [B, C, H, W] and int64 ``y`` [B] on ``device`` (default CPU).
-        """
-        from trajlab.data import make_batch
-
-        data_cfg = self._data_config()
-        indices = self.batch_indices(step)
-        seed = self.aug_seed(step)
-        x, y = make_batch(
-            self.dataset(),
-            indices,
-            aug_seed=seed if data_cfg.get("augment", True) else None,
-            crop_padding=int(data_cfg.get("crop_padding", 4)),
-            flip=bool(data_cfg.get("flip", True)),
-            device=device if device is not None else "cpu",
-        )
-        return x, y
-
-    def dataset(self) -> Any:
-        """The training dataset (the one given, or rebuilt once from ``config.json``)."""
-        if self._dataset is None:
-            from trajlab.experiments.build import build_train_data
-
-            self._dataset = build_train_data(self._require_config())
-        return self._dataset
-
-    def _data_config(self) -> dict[str, Any]:
-        config = self.config
-        return dict(config.get("data", {})) if config else {}
-
-    # ---- config ----------------------------------------------------------------------------------------
-    @property
-    def config(self) -> dict[str, Any] | None:
-        """The run's resolved ``config.json`` as a dict (``None`` if the run directory has none)."""
-        if self._config is None:
-            path = self.run_dir / "config.json"
-            if not path.is_file():
-                return None
-            try:
-                self._config = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise TrajectoryError(f"{path}: unreadable run config ({exc})") from exc
-        return self._config
-
-    def _require_config(self) -> dict[str, Any]:
-        config = self.config
-        if config is None:
-            raise TrajectoryError(
-                f"{self.run_dir / 'config.json'}: missing; pass dataset= to TrajectoryStore to rebuild "
-                "batches"
-            )
-        return config
-
-    # ---- verification ----------------------------------------------------------------------------------
-    def verify(self, check_hashes: bool = True) -> VerifyReport:
-        """Check every snapshot against its manifest line (size and sha256) and the batch log's integrity.
-
-        Finds: missing, truncated or corrupt snapshots; manifest lines that do not parse or point nowhere;
-        duplicate steps; batch-log records that are corrupt, missing (gaps) or duplicated. Leftovers of a
-        killed writer (temporary files, a complete snapshot whose manifest line was never written, a torn last
-        record) are warnings: resuming cleans them up.
-
-        Args:
-            check_hashes: hash every file (else sizes only).
-        """
-        from trajlab.trajectory.verify import verify_store
-
-        return verify_store(self, check_hashes)
 
 
 def _describe_mismatch(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str:

@@ -10,7 +10,7 @@ from trajlab.trajectory import layout
 from trajlab.trajectory.checkpoint import list_checkpoints
 from trajlab.trajectory.errors import TrajectoryError
 from trajlab.trajectory.store import TrajectoryStore
-from trajlab.trajectory.verify import VerifyReport
+from trajlab.trajectory.verify import VerifyReport, verify_store
 
 _HEAD_TAIL_ROWS = 3
 
@@ -26,7 +26,7 @@ def verify_run(run_dir: str | Path, check_hashes: bool = True) -> VerifyReport:
         report = VerifyReport(str(run_dir))
         report.add("error", "format", f"{layout.TRAJECTORY_DIR}/{layout.FORMAT_FILE}", None, str(exc))
         return report
-    return store.verify(check_hashes=check_hashes)
+    return verify_store(store, check_hashes=check_hashes)
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``VerifyReport``: what ``TrajectoryStore.verify()`` / ``verify_run()`` found."""
+"""``verify_store``: check a run's trajectory files; ``VerifyReport``: what it and ``verify_run()`` found."""
 
 from __future__ import annotations
 

@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
+from trajlab.config import HostSettings
 from trajlab.experiments.claims import common
+from trajlab.experiments.claims.base_runs import prepare_base_runs
 from trajlab.experiments.claims.budgets import Budget, base_spec, lr_half_spec, reduced_spec
-from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import prepare_base_runs
+from trajlab.experiments.claims.cache import ensure_runs
+from trajlab.experiments.claims.lines import curvature_estimate
+from trajlab.experiments.claims.predictions import predicted_lrs
+from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +33,14 @@ log = logging.getLogger(__name__)
 G_SLOPE_RANGE = (0.25, 1.0)
 
 
-def _alignment(ev: common.StateEvaluator, state: dict, count: int, seed: int) -> dict[str, Any]:
+def _alignment(ev: RecordedRun, state: dict, count: int, seed: int) -> dict[str, Any]:
     from trajlab.data import BatchSampler, iterate_eval, make_batch
     from trajlab.probes import gradient_alignment
 
-    model = ev.load(state)
-    sampler = BatchSampler(len(ev.train_ds), ev.cfg.train.batch_size, 7_777 + seed)
-    batches = [make_batch(ev.train_ds, sampler.indices(i), aug_seed=None) for i in range(1, count + 1)]
-    full = iterate_eval(ev.train_ds, 512)
+    model = ev.load_weights(state)
+    sampler = BatchSampler(len(ev.train_data), ev.config.train.batch_size, 7_777 + seed)
+    batches = [make_batch(ev.train_data, sampler.indices(i), aug_seed=None) for i in range(1, count + 1)]
+    full = iterate_eval(ev.train_data, 512)
     res = gradient_alignment(model, F.cross_entropy, batches, full, bn="batch", noise_scale_hessian=False)
     return {
         "cosine_mean": float(np.mean(res.cosine)),
@@ -75,13 +79,13 @@ def g_verdict(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _g_seed(out_dir: Path, b: Budget, seed: int, runs: list[Any], end: int) -> dict[str, Any]:
-    from trajlab.trajectory import TrajectoryStore
-
-    ev = common.StateEvaluator(base_spec(b, seed).run_dir(out_dir), b.recal_batches)
+def _g_seed(
+    out_dir: Path, b: Budget, seed: int, runs: list[Any], end: int, host: HostSettings | None = None
+) -> dict[str, Any]:
+    ev = RecordedRun(base_spec(b, seed).run_dir(out_dir), bn_batches=b.recal_batches, host=host)
     points = []
     for spec in runs:
-        state = TrajectoryStore(spec.run_dir(out_dir)).load(end)
+        state = RecordedRun(spec.run_dir(out_dir), host=host).load(end)
         points.append(
             {"run": spec.name, "lr": spec.config().optim.lr, **_alignment(ev, state, b.align_batches, seed)}
         )
@@ -99,16 +103,17 @@ def run_claim_G(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim G: gradient alignment against the lr (see the module docstring).
 
     Writes ``claim_G.json`` and ``claim_G.png``.
     """
-    from trajlab.experiments.claims.averaging import predicted_lrs
-    from trajlab.experiments.claims.lines import curvature_estimate
 
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
-    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
+    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host)
     reduced_lr = predicted_lrs(b, curv["h"])["reduced_lr"]
     runs = {
         s: [
@@ -118,8 +123,10 @@ def run_claim_G(
         ]
         for s in seeds
     }
-    ensure_runs(out_dir, [x for v in runs.values() for x in v], jobs=jobs, reuse=reuse, progress=progress)
-    per_seed = {s: _g_seed(out_dir, b, s, runs[s], window.end_step) for s in seeds}
+    ensure_runs(
+        out_dir, [x for v in runs.values() for x in v], jobs=jobs, reuse=reuse, progress=progress, host=host
+    )
+    per_seed = {s: _g_seed(out_dir, b, s, runs[s], window.end_step, host) for s in seeds}
     doc = {
         "budget": budget,
         "window": window.to_dict(),

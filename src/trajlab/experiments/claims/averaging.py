@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from trajlab.config import HostSettings
 from trajlab.experiments.claims import common
+from trajlab.experiments.claims.base_runs import Window, prepare_base_runs
 from trajlab.experiments.claims.budgets import (
     Budget,
     base_spec,
@@ -25,9 +27,10 @@ from trajlab.experiments.claims.budgets import (
     lr_half_spec,
     reduced_spec,
 )
+from trajlab.experiments.claims.cache import ensure_runs
 from trajlab.experiments.claims.lines import curvature_estimate
-from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import Window, prepare_base_runs
+from trajlab.experiments.claims.predictions import predicted_lrs
+from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +52,27 @@ def usable_gaps(gaps: Sequence[int], window_steps: int, spacing: int) -> list[in
     return [k for k in gaps if k <= window_steps and k % spacing == 0]
 
 
-def _e_seed(out_dir: Path, b: Budget, seed: int, window: Window) -> dict[str, Any]:
+def _e_seed(
+    out_dir: Path, b: Budget, seed: int, window: Window, host: HostSettings | None = None
+) -> dict[str, Any]:
     from trajlab.averaging import TwoPoint, post_hoc_many
-    from trajlab.trajectory import TrajectoryStore
 
     base_dir = base_spec(b, seed).run_dir(out_dir)
     half_dir = lr_half_spec(b, seed, window.branch_step).run_dir(out_dir)
-    ev = common.StateEvaluator(base_dir, b.recal_batches)
-    store = TrajectoryStore(base_dir)
-    t, every = window.end_step, _spacing(store.steps())
+    run = RecordedRun(base_dir, bn_batches=b.recal_batches, host=host)
+    t, every = window.end_step, _spacing(run.steps())
     gaps = usable_gaps(b.gaps_steps, window.length_steps, every)
     rules = [TwoPoint(k) for k in gaps]
-    bn_names = [n for n, x in ev.model.named_buffers() if x.is_floating_point()]
-    avgs = post_hoc_many(store, rules, [t], every, buffer_names=bn_names)
-    last = store.load(t)
-    half_last = TrajectoryStore(half_dir).load(t)
+    bn_names = [n for n, x in run.model.named_buffers() if x.is_floating_point()]
+    avgs = post_hoc_many(run, rules, [t], every, buffer_names=bn_names)
+    last = run.load(t)
+    half_last = RecordedRun(half_dir, host=host).load(t)
     out: dict[str, Any] = {
-        "last_raw": ev.evaluate(last, recalibrate=False),
-        "last_recal": ev.evaluate(last),
-        "lr_half_raw": ev.evaluate(half_last, recalibrate=False),
-        "lr_half_recal": ev.evaluate(half_last),
-        "two_point": {k: ev.evaluate(avgs[(r.name, t)]) for k, r in zip(gaps, rules)},
+        "last_raw": run.evaluate(last, "raw").to_dict(),
+        "last_recal": run.evaluate(last).to_dict(),
+        "lr_half_raw": run.evaluate(half_last, "raw").to_dict(),
+        "lr_half_recal": run.evaluate(half_last).to_dict(),
+        "two_point": {k: run.evaluate(avgs[(r.name, t)]).to_dict() for k, r in zip(gaps, rules)},
     }
     return out
 
@@ -138,13 +141,16 @@ def run_claim_E(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim E: 1/2 (theta_T + theta_{T-k}) vs the last iterate by gap k, and vs the lr/2 branch.
 
     Both are read at the end T of the window; the lr/2 run branches from the base run's checkpoint at
     the window start with identical batches. Writes ``claim_E.json`` and ``claim_E.png``.
     """
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
     ensure_runs(
         out_dir,
         [lr_half_spec(b, s, window.branch_step) for s in seeds],
@@ -152,7 +158,7 @@ def run_claim_E(
         reuse=reuse,
         progress=progress,
     )
-    per_seed = {s: _e_seed(out_dir, b, s, window) for s in seeds}
+    per_seed = {s: _e_seed(out_dir, b, s, window, host) for s in seeds}
     doc = {
         "budget": budget,
         "window": window.to_dict(),
@@ -190,39 +196,6 @@ def _plot_e(out_dir: Path, v: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ claim F
 
 
-def predicted_lrs(b: Budget, h: float) -> dict[str, float]:
-    """The reduced lr of the EMA and the 1/t cooldown time scale predicted by the NQM for curvature h.
-
-    EMA(beta) over SGD(lr, momentum mu): the constant lr with the same stationary variance along h
-    (:func:`trajlab.theory.equivalent_lr`, exact with momentum; ~ lr / (1 + lr_eff h tau_e) with
-    lr_eff = lr / (1 - mu)). SWA from T_b: SGD with lr_eff,t h ~ 1 / (t - T_b), realised as the
-    inverse-time schedule lr / (1 + (t - T_b) / T) with T = (1 - mu) / (lr h), the relaxation time of
-    SGD at lr (the two agree for t - T_b >> T).
-    """
-    from trajlab.averaging import EMA
-    from trajlab.theory import equivalent_lr
-
-    cfg = base_spec(b, 0).config()
-    lr, mu = cfg.optim.lr, cfg.optim.momentum
-    decay = cfg.averaging.ema_decays[0]
-    first_order = lr / (1 + lr / (1 - mu) * h / (1 - decay))
-    try:
-        reduced, note = float(equivalent_lr(EMA(decay), lr, h, momentum=mu)), "exact (equivalent_lr)"
-    except ValueError:  # lr h beyond the NQM's stability limit: only the first-order form is defined
-        reduced, note = first_order, "first order: lr h is beyond the NQM's stability limit"
-    return {
-        "reduced_lr_formula": note,
-        "lr": lr,
-        "momentum": mu,
-        "ema_decay": decay,
-        "ema_horizon_steps": 1 / (1 - decay),
-        "h": h,
-        "reduced_lr": float(f"{reduced:.3g}"),
-        "reduced_lr_first_order": first_order,
-        "cooldown_time_scale_steps": float(f"{max((1 - mu) / (lr * h), 1e-3):.3g}"),
-    }
-
-
 def _track(a: dict[int, float], target: dict[int, float], other: dict[int, float]) -> dict[str, float]:
     steps = sorted(set(a) & set(target) & set(other))
     d_target = float(np.mean([abs(a[s] - target[s]) for s in steps])) if steps else math.nan
@@ -230,38 +203,45 @@ def _track(a: dict[int, float], target: dict[int, float], other: dict[int, float
     return {"steps": steps, "to_predicted": d_target, "to_constant_lr": d_other}
 
 
-def _f_seed(out_dir: Path, b: Budget, seed: int, window: Window, pred: dict[str, float]) -> dict[str, Any]:
+def _f_seed(
+    out_dir: Path,
+    b: Budget,
+    seed: int,
+    window: Window,
+    pred: dict[str, float],
+    host: HostSettings | None = None,
+) -> dict[str, Any]:
     from trajlab.averaging import SWA, post_hoc_many
-    from trajlab.trajectory import TrajectoryStore
 
     base_dir = base_spec(b, seed).run_dir(out_dir)
-    ev = common.StateEvaluator(base_dir, b.recal_batches)
-    red = TrajectoryStore(reduced_spec(b, seed, window.branch_step, pred["reduced_lr"]).run_dir(out_dir))
+    run = RecordedRun(base_dir, bn_batches=b.recal_batches, host=host)
+    red = RecordedRun(
+        reduced_spec(b, seed, window.branch_step, pred["reduced_lr"]).run_dir(out_dir), host=host
+    )
     cool_dir = cooldown_spec(b, seed, window.branch_step, pred["cooldown_time_scale_steps"]).run_dir(out_dir)
-    cool = TrajectoryStore(cool_dir)
-    base = TrajectoryStore(base_dir)
+    cool = RecordedRun(cool_dir, host=host)
     ema_name = f"ema_{pred['ema_decay']:g}"
     # Second half of the window: the reduced run has had time to relax towards its own level.
     half = window.branch_step + window.length_steps // 2
     eval_steps = sorted(s for s in common.eval_series(base_dir, f"{ema_name}/test_acc") if s >= half)
-    every = _spacing(base.steps())
-    swa_steps = [s for s in base.steps() if s > window.branch_step and (s - window.branch_step) % every == 0]
+    every = _spacing(run.steps())
+    swa_steps = [s for s in run.steps() if s > window.branch_step and (s - window.branch_step) % every == 0]
     # Read-outs at (about) a quarter, half, three quarters and the end of the window.
     targets = [window.branch_step + q * window.length_steps / 4 for q in (1, 2, 3, 4)]
     swa_steps = sorted({min(swa_steps, key=lambda s, x=x: abs(s - x)) for x in targets})
-    bn_names = [n for n, x in ev.model.named_buffers() if x.is_floating_point()]
+    bn_names = [n for n, x in run.model.named_buffers() if x.is_floating_point()]
     swa_rule = SWA(start_step=window.branch_step)
-    swa = post_hoc_many(base, [swa_rule], swa_steps, every, buffer_names=bn_names)
+    swa = post_hoc_many(run, [swa_rule], swa_steps, every, buffer_names=bn_names)
     res: dict[str, Any] = {"eval_steps": eval_steps, "swa_steps": swa_steps}
     for metric in ("acc", "loss"):
         ema = common.eval_series(base_dir, f"{ema_name}/test_{metric}")
         live = common.eval_series(base_dir, f"live_recal/test_{metric}")
         res[f"ema_{metric}"] = {s: ema[s] for s in eval_steps}
         res[f"base_recal_{metric}"] = {s: live[s] for s in eval_steps}
-    red_eval = {s: ev.evaluate(red.load(s)) for s in eval_steps}
-    cool_eval = {s: ev.evaluate(cool.load(s)) for s in swa_steps}
-    swa_eval = {s: ev.evaluate(swa[(swa_rule.name, s)]) for s in swa_steps}
-    base_eval = {s: ev.evaluate(base.load(s)) for s in swa_steps}
+    red_eval = {s: run.evaluate(red.load(s)).to_dict() for s in eval_steps}
+    cool_eval = {s: run.evaluate(cool.load(s)).to_dict() for s in swa_steps}
+    swa_eval = {s: run.evaluate(swa[(swa_rule.name, s)]).to_dict() for s in swa_steps}
+    base_eval = {s: run.evaluate(s).to_dict() for s in swa_steps}
     for metric in ("acc", "loss"):
         res[f"reduced_{metric}"] = {s: red_eval[s][metric] for s in eval_steps}
         res[f"swa_{metric}"] = {s: swa_eval[s][metric] for s in swa_steps}
@@ -311,19 +291,22 @@ def run_claim_F(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim F: the EMA tracks a run at the predicted reduced lr; SWA tracks a 1/t cooldown.
 
     h = 1/lr* comes from claim A (run first if needed). Writes ``claim_F.json`` and ``claim_F.png``.
     """
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
-    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
+    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host)
     pred = predicted_lrs(b, curv["h"])
     specs = [reduced_spec(b, s, window.branch_step, pred["reduced_lr"]) for s in seeds] + [
         cooldown_spec(b, s, window.branch_step, pred["cooldown_time_scale_steps"]) for s in seeds
     ]
-    ensure_runs(out_dir, specs, jobs=jobs, reuse=reuse, progress=progress)
-    per_seed = {s: _f_seed(out_dir, b, s, window, pred) for s in seeds}
+    ensure_runs(out_dir, specs, jobs=jobs, reuse=reuse, progress=progress, host=host)
+    per_seed = {s: _f_seed(out_dir, b, s, window, pred, host) for s in seeds}
     doc = {
         "budget": budget,
         "window": window.to_dict(),

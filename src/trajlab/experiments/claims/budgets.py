@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trajlab.experiments.claims.runs import RunSpec
+from trajlab.experiments.claims.cache import RunSpec
 
 BUDGET_NAMES = ("tiny", "small", "medium", "plateau", "plateau-long", "full")
 

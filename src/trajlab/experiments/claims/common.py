@@ -1,5 +1,6 @@
-"""Shared pieces of the claim drivers: evaluating weights with recalibrated BatchNorm, held-out batches,
-reading metrics, statistics over seeds, verdicts and the result file.
+"""Shared pieces of the claim drivers: reading metrics, statistics over seeds, verdicts, figures and the
+result file. Runs are read through :class:`trajlab.runs.RecordedRun` (held-out batches, "recalibrate BN,
+then evaluate").
 
 Verdicts are one of :data:`VERDICTS`; every result file states the criterion it applied, its inputs (n,
 seeds, config) and its provenance.
@@ -7,7 +8,6 @@ seeds, config) and its provenance.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +84,16 @@ def verdict(
 # ------------------------------------------------------------------------------------------ run files
 
 
-def read_metrics(run_dir: str | Path, kind: str) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` with ``"kind": kind`` (``train`` or ``eval``), in file order."""
-    rows = []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("kind") == kind:
-                rows.append(row)
-    return rows
+def metric_rows(run_dir: str | Path, kind: str) -> list[dict[str, Any]]:
+    """Rows of a run's ``metrics.jsonl`` with ``"kind": kind`` (``train`` or ``eval``), in file order."""
+    from trajlab.train.metrics import read_metrics
+
+    return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("kind") == kind]
 
 
 def eval_series(run_dir: str | Path, key: str) -> dict[int, float]:
     """``{step: value}`` of an eval metric (e.g. ``live_recal/test_acc``)."""
-    return {int(r["step"]): float(r[key]) for r in read_metrics(run_dir, "eval") if key in r}
+    return {int(r["step"]): float(r[key]) for r in metric_rows(run_dir, "eval") if key in r}
 
 
 def write_result(
@@ -144,90 +139,3 @@ def save_figure(fig: Any, path: str | Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-
-
-class StateEvaluator:
-    """Evaluates state dicts of a run's model on its test set, with or without BN recalibration.
-
-    Recalibration recomputes every BatchNorm's statistics on ``recal_batches`` augmented training batches
-    drawn from the run's independent recalibration stream (the same batches the runner's online
-    averages use), so every state, the last iterate included, is evaluated the same way.
-
-    Args:
-        run_dir: any run of the experiment (data, model and seed are read from its ``config.json``).
-        recal_batches: batches for recalibration.
-    """
-
-    def __init__(self, run_dir: str | Path, recal_batches: int) -> None:
-        from trajlab.experiments import build
-        from trajlab.experiments.runner import load_run_config
-
-        self.cfg = load_run_config(run_dir)
-        self.device = torch.device("cpu")
-        self.train_ds = build.build_train_data(self.cfg)
-        self.test_ds = build.build_test_data(self.cfg)
-        torch.manual_seed(0)
-        self.model = build.build_model_for(self.cfg, self.train_ds)
-        if self.cfg.model.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.batches = build.DatasetBatches(
-            self.train_ds,
-            self.cfg.data,
-            batch_size=self.cfg.train.batch_size,
-            seed=self.cfg.train.seed,
-            device=self.device,
-            channels_last=self.cfg.model.channels_last,
-        )
-        self.recal_batches = recal_batches
-
-    def load(self, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-        """Load ``state`` into the evaluator's model and return it."""
-        self.model.load_state_dict(dict(state))
-        return self.model
-
-    def evaluate(self, state: Mapping[str, torch.Tensor], *, recalibrate: bool = True) -> dict[str, float]:
-        """``{"loss", "acc"}`` on the test set (BN recalibrated when ``recalibrate``)."""
-        from trajlab.averaging import update_bn
-        from trajlab.data import iterate_eval
-        from trajlab.train.evaluate import evaluate_model
-
-        model = self.load(state)
-        if recalibrate:
-            update_bn(model, self.batches.recalibration_batches(self.recal_batches), self.recal_batches)
-
-        def test_batches() -> Any:
-            return iterate_eval(
-                self.test_ds,
-                self.cfg.train.eval_batch_size,
-                device=self.device,
-                channels_last=self.cfg.model.channels_last,
-            )
-
-        m = evaluate_model(model, test_batches, device_type=self.device.type)
-        return {"loss": float(m["loss"]), "acc": float(m["acc"])}
-
-    def heldout_batches(self, count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``count`` augmented test-set batches of the training batch size (never trained on).
-
-        They go through the training augmentation, so they differ from training batches only in never
-        having been used.
-        """
-        from trajlab.data import BatchSampler, make_batch
-
-        sampler = BatchSampler(len(self.test_ds), self.cfg.train.batch_size, 104_729 + seed)
-        d = self.cfg.data
-        return [
-            make_batch(
-                self.test_ds,
-                sampler.indices(i),
-                aug_seed=sampler.aug_seed(i) if d.augment else None,
-                crop_padding=d.crop_padding,
-                flip=d.flip,
-                device=self.device,
-                channels_last=self.cfg.model.channels_last,
-            )
-            for i in range(1, count + 1)
-        ]

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
+from trajlab.config import HostSettings
 from trajlab.experiments.claims import common
+from trajlab.experiments.claims.base_runs import prepare_base_runs
 from trajlab.experiments.claims.budgets import Budget, base_spec, budget_lr
-from trajlab.experiments.claims.stationarity import prepare_base_runs
+from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +42,18 @@ def line_steps(stored: Sequence[int], count: int) -> list[int]:
     return [inner[i] for i in idx]
 
 
-def _profile_run(run_dir: Path, budget: Budget) -> list[dict[str, Any]]:
+def _profile_run(run_dir: Path, budget: Budget, host: HostSettings | None = None) -> list[dict[str, Any]]:
     from trajlab.probes import line_profile
-    from trajlab.trajectory import TrajectoryStore
 
-    store = TrajectoryStore(run_dir)
-    ev = common.StateEvaluator(run_dir, budget.recal_batches)
-    heldout = ev.heldout_batches(1)[0]
+    run = RecordedRun(run_dir, bn_batches=budget.recal_batches, host=host)
+    heldout = run.heldout_batches(1)[0]
     rows = []
-    for step in line_steps(store.steps(), budget.line_checkpoints):
-        model = ev.load(store.load(step))
+    for step in line_steps(run.steps(), budget.line_checkpoints):
+        model = run.load_weights(step)
         p = line_profile(
             model,
             F.cross_entropy,
-            store.batch(step + 1),
+            run.batch(step + 1),
             eval_batches={"heldout": heldout},
             bn="batch",
             num_points=budget.line_points,
@@ -118,13 +118,16 @@ def run_claim_A(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim A: fixed-batch line search along SGD trajectories (see the module docstring).
 
     Writes ``claim_A.json`` (every profile, medians, h = 1/lr*, verdict) and ``claim_A.png``.
     """
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
-    rows = {s: _profile_run(base_spec(b, s).run_dir(out_dir), b) for s in seeds}
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
+    rows = {s: _profile_run(base_spec(b, s).run_dir(out_dir), b, host) for s in seeds}
     lr = budget_lr(b)
     flat = [r for rs in rows.values() for r in rs]
     doc = {
@@ -165,13 +168,13 @@ def _plot_a(out_dir: Path, rows: dict[int, list[dict[str, Any]]], lr: float) -> 
 # ------------------------------------------------------------------------------------------ claim B
 
 
-def _memory_run(run_dir: Path, budget: Budget, anchors: Sequence[int], horizon: int) -> dict[str, Any]:
+def _memory_run(
+    run_dir: Path, budget: Budget, anchors: Sequence[int], horizon: int, host: HostSettings | None = None
+) -> dict[str, Any]:
     from trajlab.probes import batch_memory, loss_matrix
-    from trajlab.trajectory import TrajectoryStore
 
-    store = TrajectoryStore(run_dir)
-    ev = common.StateEvaluator(run_dir, budget.recal_batches)
-    stored = store.steps()
+    run = RecordedRun(run_dir, bn_batches=budget.recal_batches, host=host)
+    stored = run.steps()
     last = stored[-1]
     used, future, cols = {}, {}, set()
     for a in anchors:
@@ -184,9 +187,9 @@ def _memory_run(run_dir: Path, budget: Budget, anchors: Sequence[int], horizon: 
         for i in range(budget.future_batches):
             if after + i <= last:
                 future[f"future_{after + i}"] = after + i
-    heldout = {f"heldout_{i}": hb for i, hb in enumerate(ev.heldout_batches(budget.heldout_batches))}
+    heldout = {f"heldout_{i}": hb for i, hb in enumerate(run.heldout_batches(budget.heldout_batches))}
     steps = sorted(cols)
-    matrix = loss_matrix(store, {**used, **future, **heldout}, steps, lambda: ev.model, bn="batch")
+    matrix = loss_matrix(run, {**used, **future, **heldout}, steps, lambda: run.model, bn="batch")
     arr = matrix.array()
     names = list(matrix.names)
     # Future batches at checkpoints before their use: the baseline of a training batch not used lately.
@@ -269,18 +272,21 @@ def run_claim_B(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim B: the loss of a batch just used is lower than that of unseen batches, and the gap decays.
 
     The [I] time constant is compared with lambda*/eta_eff = lr* (1 - momentum) / lr (lr* from claim A).
     Writes ``claim_B.json`` and ``claim_B.png``.
     """
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
-    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
+    curv = curvature_estimate(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host)
     cfg = base_spec(b, seeds[0]).config()
     horizon = window.length_steps // 2
     anchors = [window.branch_step, window.branch_step + horizon]
-    per_seed = {s: _memory_run(base_spec(b, s).run_dir(out_dir), b, anchors, horizon) for s in seeds}
+    per_seed = {s: _memory_run(base_spec(b, s).run_dir(out_dir), b, anchors, horizon, host) for s in seeds}
     tau = curv["lr_star"] * (1 - cfg.optim.momentum) / cfg.optim.lr
     doc = {
         "budget": budget,
@@ -318,6 +324,7 @@ def curvature_estimate(
     reuse: bool,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, float]:
     """h = 1/lr* from claim A's result file when it matches (budget, seeds), else by running claim A."""
     import json
@@ -327,6 +334,6 @@ def curvature_estimate(
         doc = json.loads(path.read_text())
         if doc.get("budget") == budget and doc.get("seeds") == list(seeds):
             return doc["curvature"]
-    return run_claim_A(out_dir, budget=budget, seeds=seeds, reuse=reuse, jobs=jobs, progress=progress)[
-        "curvature"
-    ]
+    return run_claim_A(
+        out_dir, budget=budget, seeds=seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )["curvature"]

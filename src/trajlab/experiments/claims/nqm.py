@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trajlab.config import HostSettings
 from trajlab.experiments.claims import common
 from trajlab.experiments.claims.budgets import get_budget
 
@@ -99,8 +100,10 @@ def run_claim_H(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
-    """Claim H: closed forms vs simulation on the noisy quadratic model (seconds; no training runs).
+    """Claim H: closed forms vs simulation on the noisy quadratic model (seconds; no training runs;
+    ``host`` is accepted for the drivers' common signature and unused).
 
     ``reuse``, ``jobs`` and ``progress`` are accepted for a uniform driver signature. Writes
     ``claim_H.json`` and ``claim_H.png``.

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trajlab.config import HostSettings
 from trajlab.experiments.claims import common
+from trajlab.experiments.claims.base_runs import prepare_base_runs
 from trajlab.experiments.claims.budgets import Budget, base_spec, reorder_spec
-from trajlab.experiments.claims.runs import ensure_runs
-from trajlab.experiments.claims.stationarity import prepare_base_runs
+from trajlab.experiments.claims.cache import ensure_runs
+from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +45,25 @@ def _param_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys
 
 
 def _replay_from(
-    run_dir: Path, ckpt_step: int, first_step: int, steps: int, read_at: Sequence[int]
+    run_dir: Path,
+    ckpt_step: int,
+    first_step: int,
+    steps: int,
+    read_at: Sequence[int],
+    host: HostSettings | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Train the checkpoint at ``ckpt_step`` on the run's batches ``first_step + 1 .. first_step + steps``.
 
     Returns:
         ``{step: state_dict}`` at the steps in ``read_at`` (the run's step numbering).
     """
-    from trajlab.experiments import build
-    from trajlab.experiments.runner import load_run_config
+    from trajlab.runs import build
+    from trajlab.runs.runner import load_run_config
     from trajlab.trajectory import load_checkpoint
 
     cfg = load_run_config(run_dir)
     state = load_checkpoint(run_dir / "checkpoints" / f"ckpt_{ckpt_step:09d}.pt")
-    train_ds = build.build_train_data(cfg)
+    train_ds = build.build_train_data(cfg, (host or HostSettings()).data_dirs)
     model = build.build_model_for(cfg, train_ds)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -76,14 +83,21 @@ def _replay_from(
     model.train()
     # The run's own thread count: another one changes the order of float sums in the kernels, and 50
     # steps of training amplify that to ~2.5% of the weights (measured at budget medium); with the same
-    # count the replay is bit-exact.
+    # count the replay is bit-exact. The library sets no thread count itself: only through the host.
+    host = host or HostSettings()
     threads = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    wanted = cfg.train.num_threads or threads
+    if host.set_threads is not None:
+        host.set_threads(wanted)
+    elif wanted != threads:
+        log.warning(
+            "replaying at %d threads, the run used %d: the replay may not be bit-exact", threads, wanted
+        )
     try:
         out = _replay_steps(model, opt, schedule, batches, first_step, steps, read_at)
     finally:
-        torch.set_num_threads(threads)
+        if host.set_threads is not None:
+            host.set_threads(threads)
     return out
 
 
@@ -110,24 +124,22 @@ def _replay_steps(
     return out
 
 
-def _d_seed(out_dir: Path, b: Budget, seed: int, t2: int) -> dict[str, Any]:
-    from trajlab.trajectory import TrajectoryStore
-
+def _d_seed(out_dir: Path, b: Budget, seed: int, t2: int, host: HostSettings | None = None) -> dict[str, Any]:
     base_dir = base_spec(b, seed).run_dir(out_dir)
-    base = TrajectoryStore(base_dir)
+    base = RecordedRun(base_dir, host=host)
     t1 = t2 - b.pair_offset_steps
     read_at = [s for s in base.steps() if t2 < s <= t2 + b.pair_steps]
     keys = [k for k, v in base.load(t2).items() if v.is_floating_point() and "running_" not in k]
-    replay = _replay_from(base_dir, t1, t2, b.pair_steps, read_at)
+    replay = _replay_from(base_dir, t1, t2, b.pair_steps, read_at, host)
     start_gap = _param_distance(base.load(t1), base.load(t2), keys)
     same_batches = [start_gap] + [_param_distance(replay[s], base.load(s), keys) for s in read_at]
     # Check of the replay itself: from theta_{T2} on the same batches it must reproduce the base run.
     first = read_at[0]
-    check = _replay_from(base_dir, t2, t2, first - t2, [first])[first]
+    check = _replay_from(base_dir, t2, t2, first - t2, [first], host)[first]
     replay_error = _param_distance(check, base.load(first), keys) / _param_distance(
         base.load(first), {k: torch.zeros_like(v) for k, v in base.load(first).items()}, keys
     )
-    other = TrajectoryStore(reorder_spec(b, seed, t2).run_dir(out_dir))
+    other = RecordedRun(reorder_spec(b, seed, t2).run_dir(out_dir), host=host)
     common_steps = [s for s in read_at if s in set(other.steps())]
     orders = [0.0] + [_param_distance(other.load(s), base.load(s), keys) for s in common_steps]
     return {
@@ -172,19 +184,24 @@ def run_claim_D(
     reuse: bool = True,
     jobs: int = 1,
     progress: bool = True,
+    host: HostSettings | None = None,
 ) -> dict[str, Any]:
     """Claim D: distances between two trajectories (see the module docstring for the design).
 
     Writes ``claim_D.json`` and ``claim_D.png``.
     """
-    b, out_dir, window = prepare_base_runs(out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress)
+    b, out_dir, window = prepare_base_runs(
+        out_dir, budget, seeds, reuse=reuse, jobs=jobs, progress=progress, host=host
+    )
     t2 = window.branch_step
     if t2 - b.pair_offset_steps < 0 or t2 + b.pair_steps > window.end_step:
         raise ValueError(
             f"claim D needs checkpoints at {t2 - b.pair_offset_steps} and {t2 + b.pair_steps} steps"
         )
-    ensure_runs(out_dir, [reorder_spec(b, s, t2) for s in seeds], jobs=jobs, reuse=reuse, progress=progress)
-    per_seed = {s: _d_seed(out_dir, b, s, t2) for s in seeds}
+    ensure_runs(
+        out_dir, [reorder_spec(b, s, t2) for s in seeds], jobs=jobs, reuse=reuse, progress=progress, host=host
+    )
+    per_seed = {s: _d_seed(out_dir, b, s, t2, host) for s in seeds}
     doc = {
         "budget": budget,
         "window": window.to_dict(),

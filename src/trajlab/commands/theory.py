@@ -7,7 +7,8 @@ Subcommands (each with ``--json`` and ``--plot PATH.png``):
 * ``two-point-gain``: the stationary loss of 1/2 (theta_t + theta_{t-k}) against the gap k;
 * ``best-ema``: the EMA decay with the lowest expected loss at a horizon, from a displaced start.
 
-The numbers come from :mod:`trajlab.theory.cli_commands` (plain functions returning JSON-safe dicts);
+The numbers come from :mod:`trajlab.theory` (the rules are :mod:`trajlab.averaging`'s, read by the theory
+through their kernel API), wrapped in the plain functions at the end of this module (JSON-safe dicts);
 plots from :mod:`trajlab.reports.theory_plots`. The theory module's ``ValueError`` messages (negative
 curvature, lr past the stability limit, decay outside [0, 1), gap < 1, ...) become one-line usage errors.
 Only the standard library is imported here at module level, so ``trajlab --help`` stays fast.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trajlab.cli import UsageError, _out
+from trajlab.commands.io import UsageError, emit
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ def cmd_equivalent_schedule(args: argparse.Namespace) -> int:
     if args.swa_start is not None:
         result = _run(_swa_start_schedule, args, rule_kwargs)
     else:
-        from trajlab.theory.cli_commands import equivalent_schedule_command
-
         result = _run(
             equivalent_schedule_command,
             lr=args.lr,
@@ -175,8 +174,6 @@ def cmd_equivalent_schedule(args: argparse.Namespace) -> int:
 
 def cmd_equivalent_lr(args: argparse.Namespace) -> int:
     """Handler of ``trajlab theory equivalent-lr``."""
-    from trajlab.theory.cli_commands import equivalent_lr_command
-
     _check_plot_path(args.plot)
     rule_kwargs = _rule_kwargs(args)
     result = _run(
@@ -192,8 +189,6 @@ def cmd_equivalent_lr(args: argparse.Namespace) -> int:
 
 def cmd_two_point_gain(args: argparse.Namespace) -> int:
     """Handler of ``trajlab theory two-point-gain``."""
-    from trajlab.theory.cli_commands import two_point_gain_command
-
     _check_plot_path(args.plot)
     result = _run(
         two_point_gain_command,
@@ -215,8 +210,6 @@ def cmd_two_point_gain(args: argparse.Namespace) -> int:
 
 def cmd_best_ema(args: argparse.Namespace) -> int:
     """Handler of ``trajlab theory best-ema``."""
-    from trajlab.theory.cli_commands import best_ema_command
-
     _check_plot_path(args.plot)
     result = _run(
         best_ema_command,
@@ -269,7 +262,8 @@ def _rule_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _swa_start_schedule(args: argparse.Namespace, rule_kwargs: dict[str, Any]) -> dict:
-    """equivalent-schedule for SWA from a start step (``cli_commands`` covers windows from step 0 only).
+    """equivalent-schedule for SWA from a start step (:func:`equivalent_schedule_command` covers windows
+    from step 0 only).
 
     The rule is :class:`trajlab.averaging.SWA`, which :mod:`trajlab.theory` recognises and maps exactly.
     SWA without a window has no stationary variance, so ``equivalent_constant_lr`` is ``None`` then.
@@ -315,8 +309,6 @@ def _equivalent_lr_sweep_figure(args: argparse.Namespace, rule_kwargs: dict[str,
     """Equivalent lr / lr against the rule's parameter (log axes), marking the value asked for."""
     import numpy as np
     from matplotlib.figure import Figure
-
-    from trajlab.theory.cli_commands import equivalent_lr_command
 
     if rule_kwargs["ema"] is not None:
         asked = 1.0 - rule_kwargs["ema"]
@@ -364,7 +356,142 @@ def _finish(args: argparse.Namespace, result: dict, figure: Callable[[], Any]) -
         log.info("plot written to %s", path)
     text = result.pop("text", None)
     if args.json or text is None:
-        _out(json.dumps(result))
+        emit(json.dumps(result))
     else:
-        _out(text)
+        emit(text)
     return 0
+
+
+# ------------------------------------------------------------------------------------------ computations
+# Plain functions behind the subcommands: numbers in, a JSON-serialisable dict out (with ``json=False`` it
+# also carries ``text``, a short summary to print).
+
+
+def _averaging_rule(
+    ema: float | None, swa_window: int | None, two_point_gap: int | None, swa_start: int = 0
+) -> tuple[Any, str]:
+    """The averaging rule asked for and its short kind (``ema``, ``swa``, ``two_point``)."""
+    from trajlab.averaging import EMA, SWA, TwoPoint
+
+    given = [x is not None for x in (ema, swa_window, two_point_gap)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of --ema DECAY, --swa-window STEPS, --two-point-gap STEPS")
+    if ema is not None:
+        return EMA(decay=ema), "ema"
+    if swa_window is not None:
+        if swa_window < 1:
+            raise ValueError(f"swa window must be >= 1 step, got {swa_window}")
+        return SWA(start_step=swa_start, window_steps=swa_window), "swa"
+    if two_point_gap < 1:
+        raise ValueError(f"two-point gap must be >= 1 step, got {two_point_gap}")
+    return TwoPoint(gap_steps=two_point_gap), "two_point"
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def equivalent_schedule_command(
+    lr: float,
+    curvature: float,
+    steps: int,
+    ema: float | None = None,
+    swa_window: int | None = None,
+    two_point_gap: int | None = None,
+    momentum: float = 0.0,
+    json: bool = False,
+) -> dict:
+    """The lr schedule equivalent to averaging an SGD(lr) run (isotropic curvature), and its end value."""
+    import numpy as np
+
+    from trajlab.theory import equivalent_lr, equivalent_schedule
+
+    rule, kind = _averaging_rule(ema, swa_window, two_point_gap)
+    lrs = equivalent_schedule(rule, lr, curvature, steps, momentum)
+    out = {
+        "rule": kind,
+        "lr": lr,
+        "curvature": curvature,
+        "steps": steps,
+        "momentum": momentum,
+        "schedule": lrs,
+        "final_lr": float(lrs[-1]),
+        "equivalent_constant_lr": equivalent_lr(rule, lr, curvature, momentum),
+    }
+    if not json:
+        picks = np.unique(np.geomspace(1, steps, 8).astype(int))
+        rows = "\n".join(f"  step {t:>8d}: lr {lrs[t - 1]:.6g}" for t in picks)
+        out["text"] = (
+            f"{kind} of SGD(lr={lr}, h={curvature}) == SGD with this schedule "
+            f"(exact, isotropic):\n{rows}\n"
+            f"equivalent constant lr (same stationary loss): {out['equivalent_constant_lr']:.6g}"
+        )
+    return _jsonable(out)
+
+
+def equivalent_lr_command(
+    lr: float,
+    curvature: float,
+    ema: float | None = None,
+    swa_window: int | None = None,
+    two_point_gap: int | None = None,
+    momentum: float = 0.0,
+    json: bool = False,
+) -> dict:
+    """The constant lr with the stationary loss of the averaged run."""
+    from trajlab.theory import equivalent_lr
+
+    rule, kind = _averaging_rule(ema, swa_window, two_point_gap)
+    value = equivalent_lr(rule, lr, curvature, momentum)
+    out = {"rule": kind, "lr": lr, "curvature": curvature, "equivalent_lr": value, "ratio": value / lr}
+    if not json:
+        out["text"] = f"{kind}: equivalent constant lr {value:.6g} ({value / lr:.4f} x lr)"
+    return _jsonable(out)
+
+
+def two_point_gain_command(
+    lr: float,
+    curvature: float,
+    noise: float = 1.0,
+    gaps: tuple[int, ...] = (1, 10, 100, 1000, 10000),
+    momentum: float = 0.0,
+    json: bool = False,
+) -> dict:
+    """Stationary excess-loss ratio of two-point averaging against the gap."""
+    from trajlab.theory import NoisyQuadratic, two_point_gain
+
+    result = two_point_gain(NoisyQuadratic(curvature, noise, lr, momentum), gaps)
+    if not json:
+        result["text"] = "\n".join(
+            f"gap {k:>8d}: loss ratio {r:.4f}" for k, r in zip(result["gaps"], result["ratio"])
+        )
+    return _jsonable(result)
+
+
+def best_ema_command(
+    lr: float,
+    curvature: float,
+    noise: float,
+    horizon_steps: int,
+    start: float,
+    momentum: float = 0.0,
+    json: bool = False,
+) -> dict:
+    """Best EMA decay for a horizon from a start displaced by ``start`` along every direction."""
+    from trajlab.theory import NoisyQuadratic, best_ema_decay
+
+    result = best_ema_decay(NoisyQuadratic(curvature, noise, lr, momentum), horizon_steps, start)
+    if not json:
+        result["text"] = (
+            f"best EMA decay for {horizon_steps} steps: {result['best_decay']:.6f} "
+            f"(excess loss {result['best_excess_loss']:.4g} vs last iterate {result['sgd_excess_loss']:.4g})"
+        )
+    return _jsonable(result)

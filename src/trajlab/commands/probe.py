@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajlab.cli import UsageError, _argv, _out
+from trajlab.commands.io import UsageError, check_at_least, command_line, emit, host_of
+from trajlab.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -108,88 +110,97 @@ def _int_list(text: str) -> list[int]:
 # ------------------------------------------------------------------------------------------ handler
 
 
+@dataclass(frozen=True)
+class ProbePlan:
+    """Everything ``trajlab probe`` checked before probing: the run, what to probe, where to write.
+
+    Attributes:
+        run: the run (config, data, model, snapshots, batches).
+        steps: the checkpoints to probe.
+        batch_of: for each checkpoint, the step whose batch is profiled (B_(s+1) or B_s).
+        modes: the BatchNorm modes.
+        line: whether line profiles are asked (the default when nothing else is).
+        heldout: the held-out control batches.
+        weight_decay: the coupled weight decay added to the direction.
+        out: the output directory.
+    """
+
+    run: Any
+    steps: list[int]
+    batch_of: dict[int, int]
+    modes: list[str]
+    line: bool
+    heldout: list[Any]
+    weight_decay: float
+    out: Path
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """Handler of ``trajlab probe``: check everything, then probe step by step, then write and summarise."""
-    ctx = _prepare(args)
+    plan = _prepare(args)
     from tqdm import tqdm
 
-    units = len(ctx["modes"]) * (
-        len(ctx["steps"]) * (int(ctx["line"]) + int(args.alignment)) + int(args.matrix)
-    )
+    units = len(plan.modes) * (len(plan.steps) * (int(plan.line) + int(args.alignment)) + int(args.matrix))
     result: dict[str, Any] = {"line": [], "matrix": {}, "alignment": []}
     with tqdm(total=units, desc="probe", disable=args.quiet, unit="probe") as bar:
-        if ctx["line"]:
-            result["line"] = _line_profiles(ctx, bar)
+        if plan.line:
+            result["line"] = _line_profiles(plan, args, bar)
         if args.matrix:
-            result["matrix"] = _matrices(ctx, bar)
+            result["matrix"] = _matrices(plan, args, bar)
         if args.alignment:
-            result["alignment"] = _alignments(ctx, bar)
-    doc = _document(args, ctx, result)
-    plots = _plots(ctx["out"], result)
+            result["alignment"] = _alignments(plan, args, bar)
+    doc = _document(args, plan, result)
+    plots = _plots(plan.out, result)
     from trajlab.provenance import write_json_atomic
 
-    write_json_atomic(ctx["out"] / RESULT_FILE, doc)
+    write_json_atomic(plan.out / RESULT_FILE, doc)
     for line in _summary_lines(doc):
-        _out(line)
-    _out(f"wrote {ctx['out'] / RESULT_FILE} and {len(plots)} plot(s) in {ctx['out']}")
+        emit(line)
+    emit(f"wrote {plan.out / RESULT_FILE} and {len(plots)} plot(s) in {plan.out}")
     return 0
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    """All checks and the shared objects (config, store, model, batches), before any probing."""
-    import torch
+def _prepare(args: argparse.Namespace) -> ProbePlan:
+    """All checks and the shared objects (the run, steps, held-out batches), before any probing."""
+    from trajlab.runs import RecordedRun
 
-    from trajlab.experiments import build
-    from trajlab.experiments.runner import load_run_config
-    from trajlab.trajectory import TrajectoryStore
-
-    for name, value, low in (
-        ("--batches", args.batches, 0),
-        ("--max-steps", args.max_steps, 1),
-        ("--points", args.points, 3),
-        ("--matrix-steps", args.matrix_steps, 1),
-        ("--alignment-batches", args.alignment_batches, 2),
-        ("--hessian-batches", args.hessian_batches, 1),
-    ):
-        if value < low:
-            raise UsageError(f"{name} must be >= {low}, got {value}")
+    check_at_least(
+        [
+            ("--batches", args.batches, 0),
+            ("--max-steps", args.max_steps, 1),
+            ("--points", args.points, 3),
+            ("--matrix-steps", args.matrix_steps, 1),
+            ("--alignment-batches", args.alignment_batches, 2),
+            ("--hessian-batches", args.hessian_batches, 1),
+        ]
+    )
     if args.matrix and args.batches < 1:
         raise UsageError("--matrix compares used batches with held-out ones: give --batches N >= 1")
     out = Path(args.out) if args.out else Path(args.run_dir) / "probes"
     if (out / RESULT_FILE).exists() and not args.overwrite:
         raise UsageError(f"{out / RESULT_FILE} exists; choose another --out or pass --overwrite")
-    cfg = load_run_config(args.run_dir)
-    if cfg.train.num_threads > 0:  # the run's own thread budget (shared machines)
-        torch.set_num_threads(cfg.train.num_threads)
-    train_ds, test_ds = build.build_train_data(cfg), build.build_test_data(cfg)
-    store = TrajectoryStore(args.run_dir, dataset=train_ds)
-    steps, batch_of = _select_steps(args, store)
-    device = build.resolve_device(args.device)
-    model = build.build_model_for(cfg, train_ds).to(device)
-    store.check_compatible(model)
-    return {
-        "cfg": cfg,
-        "store": store,
-        "model": model,
-        "device": device,
-        "train_ds": train_ds,
-        "steps": steps,
-        "batch_of": batch_of,
-        "modes": ["batch", "running"] if args.bn == "both" else [args.bn],
-        "line": args.line or not (args.matrix or args.alignment),
-        "heldout": _heldout_batches(test_ds, cfg, args.batches, device),
-        "schedule": build.build_schedule_for(cfg, build.total_steps_for(cfg, len(train_ds))),
-        "weight_decay": _weight_decay(args, cfg),
-        "out": out,
-        "args": args,
-    }
+    host = host_of(args)
+    run = RecordedRun(args.run_dir, device=args.device, host=host)
+    host.apply_threads(run.config.train.num_threads)  # the run's own thread budget (shared machines)
+    steps, batch_of = _select_steps(args, run)
+    run.model  # noqa: B018 (builds the model and checks the snapshots fit it, before any probing)
+    return ProbePlan(
+        run=run,
+        steps=steps,
+        batch_of=batch_of,
+        modes=["batch", "running"] if args.bn == "both" else [args.bn],
+        line=args.line or not (args.matrix or args.alignment),
+        heldout=_heldout_batches(run, args.batches),
+        weight_decay=_weight_decay(args, run),
+        out=out,
+    )
 
 
-def _select_steps(args: argparse.Namespace, store: Any) -> tuple[list[int], dict[int, int]]:
+def _select_steps(args: argparse.Namespace, run: Any) -> tuple[list[int], dict[int, int]]:
     """The checkpoints to probe and, for each, the step whose batch is profiled."""
     import numpy as np
 
-    stored, logged = store.steps(), set(store.batch_steps())
+    stored, logged = run.snapshot_steps, set(run.batch_steps)
     offset = 1 if args.batch == "next" else 0
     batch_of = {s: s + offset for s in stored if s + offset in logged and s + offset >= 1}
     if args.steps is None:
@@ -215,60 +226,49 @@ def _select_steps(args: argparse.Namespace, store: Any) -> tuple[list[int], dict
     return list(args.steps), batch_of
 
 
-def _heldout_batches(test_ds: Any, cfg: Any, n: int, device: Any) -> list[tuple[Any, Any]]:
-    """The first ``n`` full test-set batches of the training batch size (never trained on, not augmented)."""
-    from trajlab.data import iterate_eval
-
-    out = []
-    for x, y in iterate_eval(test_ds, cfg.train.batch_size, device=device):
-        if len(out) == n or len(y) < cfg.train.batch_size:
-            break
-        out.append((x, y))
-    if len(out) < n:
-        raise UsageError(
-            f"--batches {n}: the test set ({len(test_ds)} images) holds only {len(out)} batches of "
-            f"{cfg.train.batch_size}; lower --batches"
-        )
-    return out
+def _heldout_batches(run: Any, n: int) -> list[Any]:
+    """The run's first ``n`` held-out control batches (:meth:`trajlab.runs.RecordedRun.heldout_batches`)."""
+    try:
+        return run.heldout_batches(n)
+    except ConfigError as e:
+        raise UsageError(f"--batches {n}: {e}; lower --batches") from None
 
 
-def _weight_decay(args: argparse.Namespace, cfg: Any) -> float:
-    wd = float(cfg.optim.weight_decay)
+def _weight_decay(args: argparse.Namespace, run: Any) -> float:
     if args.weight_decay_in_grad is None:
-        return wd if cfg.optim.name == "sgd" else 0.0  # adamw's decay is decoupled: not in its direction
-    return wd if args.weight_decay_in_grad else 0.0
+        return run.update_weight_decay  # adamw's decay is decoupled: not in its direction
+    return float(run.config.optim.weight_decay) if args.weight_decay_in_grad else 0.0
 
 
 # ------------------------------------------------------------------------------------------ probes
 
 
-def _line_profiles(ctx: dict[str, Any], bar: Any) -> list[dict[str, Any]]:
+def _line_profiles(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dict[str, Any]]:
     """One line profile per (checkpoint, BN mode), as JSON-ready records."""
     import torch.nn.functional as F
 
     from trajlab.probes import line_profile
 
-    cfg, store, model, device = ctx["cfg"], ctx["store"], ctx["model"], ctx["device"]
-    momentum = cfg.optim.momentum if cfg.optim.name == "sgd" else 0.0
-    controls = {f"heldout_{i}": b for i, b in enumerate(ctx["heldout"])}
+    run = plan.run
+    controls = {f"heldout_{i}": b for i, b in enumerate(plan.heldout)}
     records = []
-    for step in ctx["steps"]:
-        model.load_state_dict(store.load(step, device=device))
-        batch_step = ctx["batch_of"][step]
-        batch = store.batch(batch_step, device=device)
-        lr = float(ctx["schedule"](batch_step))
-        for bn in ctx["modes"]:
+    for step in plan.steps:
+        model = run.load_weights(step)
+        batch_step = plan.batch_of[step]
+        batch = run.batch(batch_step)
+        lr = float(run.schedule(batch_step))
+        for bn in plan.modes:
             profile = line_profile(
                 model,
                 F.cross_entropy,
                 batch,
                 eval_batches=controls,
                 bn=bn,
-                weight_decay=ctx["weight_decay"],
-                num_points=ctx["args"].points,
-                hvp=ctx["args"].hvp,
+                weight_decay=plan.weight_decay,
+                num_points=args.points,
+                hvp=args.hvp,
             )
-            records.append(_line_record(step, batch_step, lr, momentum, profile.to_dict()))
+            records.append(_line_record(step, batch_step, lr, run.momentum, profile.to_dict()))
             bar.update(1)
     return records
 
@@ -292,60 +292,52 @@ def _line_record(step: int, batch_step: int, lr: float, momentum: float, profile
     }
 
 
-def _matrices(ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
+def _matrices(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> dict[str, Any]:
     """Loss matrix (used batches of the probed steps + held-out batches, x checkpoints) and memory curves."""
     import numpy as np
 
-    from trajlab.experiments.build import build_model_for
     from trajlab.probes import batch_memory, loss_matrix
 
-    stored = ctx["store"].steps()
-    cap = ctx["args"].matrix_steps
+    stored = plan.run.snapshot_steps
+    cap = args.matrix_steps
     cols = [
         stored[int(i)] for i in np.unique(np.round(np.linspace(0, len(stored) - 1, min(cap, len(stored)))))
     ]
-    rows: dict[str, Any] = {f"step_{ctx['batch_of'][s]}": ctx["batch_of"][s] for s in ctx["steps"]}
-    rows.update({f"heldout_{i}": b for i, b in enumerate(ctx["heldout"])})
+    rows: dict[str, Any] = {f"step_{plan.batch_of[s]}": plan.batch_of[s] for s in plan.steps}
+    rows.update({f"heldout_{i}": b for i, b in enumerate(plan.heldout)})
     out = {}
-    for bn in ctx["modes"]:
-        matrix = loss_matrix(
-            ctx["store"],
-            rows,
-            cols,
-            lambda: build_model_for(ctx["cfg"], ctx["train_ds"]),
-            bn=bn,
-            device=ctx["device"],
-        )
+    for bn in plan.modes:
+        matrix = loss_matrix(plan.run, rows, cols, plan.run.new_model, bn=bn, device=plan.run.device)
         out[bn] = {"matrix": matrix.to_dict(), "memory": batch_memory(matrix).to_dict()}
         bar.update(1)
     return out
 
 
-def _alignments(ctx: dict[str, Any], bar: Any) -> list[dict[str, Any]]:
+def _alignments(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dict[str, Any]]:
     """Gradient alignment at each probed checkpoint with the next ``--alignment-batches`` logged batches."""
     import torch.nn.functional as F
 
     from trajlab.data import iterate_eval
     from trajlab.probes import gradient_alignment
 
-    store, model, device, args = ctx["store"], ctx["model"], ctx["device"], ctx["args"]
-    logged = set(store.batch_steps())
+    run = plan.run
+    logged = set(run.batch_steps)
     records = []
-    for step in ctx["steps"]:
-        first = ctx["batch_of"][step]
+    for step in plan.steps:
+        first = plan.batch_of[step]
         batch_steps = [u for u in range(first, first + args.alignment_batches) if u in logged]
         if len(batch_steps) < 2:
             log.warning("alignment at step %d skipped: fewer than 2 logged batches from B_%d", step, first)
-            bar.update(len(ctx["modes"]))
+            bar.update(len(plan.modes))
             continue
-        model.load_state_dict(store.load(step, device=device))
-        batches = [store.batch(u, device=device) for u in batch_steps]
-        for bn in ctx["modes"]:
+        model = run.load_weights(step)
+        batches = [run.batch(u) for u in batch_steps]
+        for bn in plan.modes:
             result = gradient_alignment(
                 model,
                 F.cross_entropy,
                 batches,
-                iterate_eval(ctx["train_ds"], ctx["cfg"].train.eval_batch_size, device=device),
+                iterate_eval(run.train_data, run.config.train.eval_batch_size, device=run.device),
                 bn=bn,
                 hessian_batches=args.hessian_batches,
             )
@@ -386,29 +378,32 @@ def _summary(records: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     return out
 
 
-def _document(args: argparse.Namespace, ctx: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any]) -> dict[str, Any]:
     from trajlab.probes import CostLedger
     from trajlab.provenance import provenance
 
-    cfg = ctx["cfg"]
+    cfg = plan.run.config
     costs = [CostLedger(**r["cost"]) for r in result["line"] + result["alignment"]]
     costs += [CostLedger(**m["matrix"]["cost"]) for m in result["matrix"].values()]
     return {
         "kind": "trajlab.probe",
         "run_dir": str(args.run_dir),
-        "steps": ctx["steps"],
+        "steps": plan.steps,
         "batch": args.batch,
-        "batch_steps": [ctx["batch_of"][s] for s in ctx["steps"]],
-        "bn_modes": ctx["modes"],
-        "weight_decay_in_direction": ctx["weight_decay"],
-        "heldout": {"source": "test set, first batches, not augmented", "batches": len(ctx["heldout"])},
-        "summary": _summary(result["line"], ctx["modes"]) if result["line"] else {},
+        "batch_steps": [plan.batch_of[s] for s in plan.steps],
+        "bn_modes": plan.modes,
+        "weight_decay_in_direction": plan.weight_decay,
+        "heldout": {
+            "source": "test set, the run's held-out batches (seeded sampler, training augmentation)",
+            "batches": len(plan.heldout),
+        },
+        "summary": _summary(result["line"], plan.modes) if result["line"] else {},
         "line": result["line"],
         "matrix": result["matrix"],
         "alignment": result["alignment"],
         "cost_total": sum(costs, CostLedger()).to_dict(),
         "run_config": cfg.to_dict(),
-        "provenance": provenance(seed=cfg.train.seed, device=ctx["device"], command=_argv(args)),
+        "provenance": provenance(seed=cfg.train.seed, device=plan.run.device, command=command_line(args)),
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trajlab.config import RunConfig
+from trajlab.config import HostSettings, RunConfig
 from trajlab.train.callbacks import CallbackBase, StepContext
 
 
@@ -43,12 +43,24 @@ def averaging_rules(cfg: RunConfig) -> tuple[list[Any], list[int]]:
     return rules, every
 
 
-def averaging_callback(cfg: RunConfig, model: nn.Module) -> CallbackBase:
+def storage_options(cfg: RunConfig, host: HostSettings) -> Any:
+    """The averages' :class:`~trajlab.averaging.StorageOptions` from the config and the host."""
+    from trajlab.averaging import KernelBuild, StorageOptions
+
+    return StorageOptions(
+        device=torch.device(cfg.averaging.device) if cfg.averaging.device else None,
+        cpu_kernel=host.cpu_kernel,
+        kernel_build=KernelBuild(cache_root=host.kernel_cache_root, compiler=host.compiler),
+    )
+
+
+def averaging_callback(cfg: RunConfig, model: nn.Module, host: HostSettings | None = None) -> CallbackBase:
     from trajlab.averaging import AveragedWeights, AveragingCallback
 
     rules, every = averaging_rules(cfg)
-    device = torch.device(cfg.averaging.device) if cfg.averaging.device else None
-    averaged = AveragedWeights(model, rules, every_steps=every, device=device)
+    averaged = AveragedWeights(
+        model, rules, every_steps=every, storage=storage_options(cfg, host or HostSettings())
+    )
     return AveragingCallback(averaged, eval_bn=cfg.averaging.eval_bn, bn_batches=cfg.averaging.bn_batches)
 
 
@@ -65,34 +77,35 @@ class LiveRecalibrated(CallbackBase):
         self.bn_batches = bn_batches
 
     def on_eval(self, ctx: StepContext) -> dict[str, float]:
-        from trajlab.averaging import update_bn
+        from trajlab.averaging import evaluate_with_bn
 
         scratch = copy.deepcopy(ctx.model)
-        update_bn(scratch, ctx.train_batches(self.bn_batches), max_batches=self.bn_batches)
-        metrics = ctx.evaluate(scratch)
+        _, metrics = evaluate_with_bn(
+            scratch, ctx.evaluate, ctx.train_batches(self.bn_batches), self.bn_batches
+        )
         return {"live_recal/test_loss": float(metrics["loss"]), "live_recal/test_acc": float(metrics["acc"])}
 
 
-def probe_callback(cfg: RunConfig, run_dir: Any, batches: Any) -> CallbackBase:
+def probe_callback(
+    cfg: RunConfig, run_dir: Any, batches: Any, host: HostSettings | None = None
+) -> CallbackBase:
     """Online line probes (``cfg.probes``) appended to ``RUN/probes/online.jsonl``.
 
     The probed batch B_t is rebuilt by ``batches.batch(t)`` (this rank's rows; the callback runs on rank 0
-    only); the held-out controls are the first ``probes.heldout_batches`` test batches; the direction
-    includes coupled weight decay for SGD (what its update uses) and none for AdamW.
+    only); the held-out controls are the run's first ``probes.heldout_batches`` held-out batches
+    (:func:`trajlab.runs.build.heldout_batches`); the direction includes coupled weight decay for SGD (what
+    its update uses) and none for AdamW.
     """
     from pathlib import Path
 
-    from trajlab.data import iterate_eval
-    from trajlab.experiments.build import build_test_data
     from trajlab.probes import ProbeCallback
+    from trajlab.runs.build import build_test_data, heldout_batches
 
     p = cfg.probes
-    heldout: list[tuple[torch.Tensor, torch.Tensor]] = []
+    heldout = []
     if p.heldout_batches > 0:
-        for x, y in iterate_eval(build_test_data(cfg), cfg.train.batch_size, device=torch.device("cpu")):
-            if len(heldout) == p.heldout_batches:
-                break
-            heldout.append((x, y))
+        test_ds = build_test_data(cfg, (host or HostSettings()).data_dirs)
+        heldout = heldout_batches(test_ds, cfg.data, batch_size=cfg.train.batch_size, count=p.heldout_batches)
 
     def batch_fn(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, _, _ = batches.batch(ctx.step)

@@ -10,6 +10,7 @@ from another wait for it (:func:`ensure_runs` trains in dependency waves).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trajlab.config import RunConfig, resolve_config
+from trajlab.config import HostSettings, RunConfig, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,14 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
-def ensure_run(root: str | Path, spec: RunSpec, *, reuse: bool = True, progress: bool = False) -> Path:
+def ensure_run(
+    root: str | Path,
+    spec: RunSpec,
+    *,
+    reuse: bool = True,
+    progress: bool = False,
+    host: HostSettings | None = None,
+) -> Path:
     """Train ``spec`` into its cache directory unless a complete copy exists; return the directory.
 
     Args:
@@ -77,11 +85,12 @@ def ensure_run(root: str | Path, spec: RunSpec, *, reuse: bool = True, progress:
         reuse: reuse a complete run (False: train it again from scratch; a branch's source is always
             reused when complete).
         progress: show the training progress bar.
+        host: where else to look for data, the thread count (:class:`~trajlab.config.HostSettings`).
 
     Returns:
         The run directory (complete).
     """
-    from trajlab.experiments.runner import run_training
+    from trajlab.runs.runner import run_training
     from trajlab.trajectory import list_checkpoints
 
     run_dir = spec.run_dir(root)
@@ -90,7 +99,7 @@ def ensure_run(root: str | Path, spec: RunSpec, *, reuse: bool = True, progress:
     cfg = resolve_config(spec.preset, None, [*spec.overrides, f"train.progress={str(progress).lower()}"])
     if run_dir.exists() and reuse and list_checkpoints(run_dir) and (run_dir / "config.json").is_file():
         log.info("resuming %s", run_dir)
-        run_training(None, run_dir, resume=True)
+        run_training(None, run_dir, resume=True, host=host)
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -99,18 +108,21 @@ def ensure_run(root: str | Path, spec: RunSpec, *, reuse: bool = True, progress:
         src_spec, step = spec.branch_from
         # The source is reused even with reuse=False: retraining it is the caller's decision (it is
         # retrained once when it is in the same ensure_runs call, in an earlier wave).
-        branch = (ensure_run(root, src_spec, reuse=True, progress=progress), int(step))
+        branch = (ensure_run(root, src_spec, reuse=True, progress=progress, host=host), int(step))
     log.info("training %s", run_dir)
-    run_training(cfg, run_dir, branch_from=branch, command=["trajlab", "reproduce", f"(run {spec.name})"])
+    command = ["trajlab", "reproduce", f"(run {spec.name})"]
+    run_training(cfg, run_dir, branch_from=branch, command=command, host=host)
     return run_dir
 
 
-def _worker(root: str, spec: RunSpec, reuse: bool) -> str:
-    import torch
-
-    torch.set_num_threads(1)
+def _worker(root: str, spec: RunSpec, reuse: bool, host: HostSettings) -> str:
+    # One torch thread per worker process (set through the host, as the library sets none itself); the run's
+    # own train.num_threads then applies, not the parent's TRAJLAB_NUM_THREADS.
+    host.apply_threads(1)
     logging.basicConfig(level=logging.WARNING)
-    return str(ensure_run(root, spec, reuse=reuse, progress=False))
+    return str(
+        ensure_run(root, spec, reuse=reuse, progress=False, host=dataclasses.replace(host, num_threads=0))
+    )
 
 
 def ensure_runs(
@@ -121,18 +133,21 @@ def ensure_runs(
     reuse: bool = True,
     progress: bool = True,
     spawn: bool = False,
+    host: HostSettings | None = None,
 ) -> dict[str, Path]:
     """Make sure every run in ``specs`` exists, training up to ``jobs`` of them at a time.
 
     Runs are trained in waves: a branch waits for its source. With ``jobs`` = 1 everything runs in this
     process (with per-run progress bars) unless ``spawn``; otherwise in spawned worker processes, one
-    torch thread each, and a bar counts finished runs.
+    torch thread each (when ``host.set_threads`` is given, as the CLI does), and a bar counts finished
+    runs.
 
     Returns:
         ``{spec.name: run directory}``.
     """
     from tqdm.auto import tqdm
 
+    host = host or HostSettings()
     todo = {s.name: s for s in specs}
     done: dict[str, Path] = {}
     for name, s in list(todo.items()):
@@ -151,10 +166,10 @@ def ensure_runs(
                 wave = list(todo.values())
             if not spawn and (jobs <= 1 or len(wave) == 1):
                 for s in wave:
-                    done[s.name] = ensure_run(root, s, reuse=reuse, progress=progress)
+                    done[s.name] = ensure_run(root, s, reuse=reuse, progress=progress, host=host)
                     bar.update(1)
             else:
-                done.update(_parallel(root, wave, max(jobs, 1), reuse, bar))
+                done.update(_parallel(root, wave, max(jobs, 1), reuse, bar, host))
             for s in wave:
                 todo.pop(s.name, None)
     finally:
@@ -162,13 +177,15 @@ def ensure_runs(
     return done
 
 
-def _parallel(root: str | Path, wave: list[RunSpec], jobs: int, reuse: bool, bar: Any) -> dict[str, Path]:
+def _parallel(
+    root: str | Path, wave: list[RunSpec], jobs: int, reuse: bool, bar: Any, host: HostSettings
+) -> dict[str, Path]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     out: dict[str, Path] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, str(root), s, reuse): s for s in wave}
+        futures = {pool.submit(_worker, str(root), s, reuse, host): s for s in wave}
         for fut in as_completed(futures):
             out[futures[fut].name] = Path(fut.result())
             bar.update(1)

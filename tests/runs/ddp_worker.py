@@ -1,10 +1,12 @@
 """Run by the DDP test under torchrun: train a tiny config and dump each step's global batch indices."""
 
 import json
+import os
 import sys
 
+from trajlab.cli import host_from_environment
 from trajlab.config import resolve_config
-from trajlab.experiments.runner import run_training
+from trajlab.runs.runner import run_training
 from trajlab.train.callbacks import CallbackBase
 
 
@@ -40,4 +42,6 @@ class DumpIndices(CallbackBase):
 
 if __name__ == "__main__":
     out, dump, *overrides = sys.argv[1:]
-    run_training(resolve_config(None, None, overrides), out, extra_callbacks=[DumpIndices(dump)])
+    # What the CLI passes down: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, the thread setter.
+    host = host_from_environment(os.environ)
+    run_training(resolve_config(None, None, overrides), out, extra_callbacks=[DumpIndices(dump)], host=host)

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from trajlab.cli import UsageError, _argv, _out
+from trajlab.commands.io import UsageError, command_line, emit, host_of
 
 log = logging.getLogger(__name__)
 
@@ -91,43 +91,30 @@ def register(sub: Any) -> None:
 
 def cmd_average(args: argparse.Namespace) -> int:
     """Handler of ``trajlab average``: plan (all checks), then one streaming pass, then evaluation."""
-    import torch
-
-    from trajlab.experiments.runner import load_run_config
-    from trajlab.trajectory import TrajectoryStore
+    from trajlab.runs import RecordedRun
 
     if args.bn_batches < 1:
         raise UsageError(f"--bn-batches must be >= 1, got {args.bn_batches}")
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"--out {args.out} exists; choose another file or pass --overwrite")
-    cfg = load_run_config(args.run_dir)
-    if cfg.train.num_threads > 0:  # the run's own thread budget (shared machines)
-        torch.set_num_threads(cfg.train.num_threads)
-    store = TrajectoryStore(args.run_dir)
-    stored = store.steps()
+    host = host_of(args)
+    run = RecordedRun(args.run_dir, device=args.device, host=host, bn_batches=args.bn_batches)
+    host.apply_threads(run.config.train.num_threads)  # the run's own thread budget (shared machines)
+    stored = run.snapshot_steps
     if not stored:
         raise UsageError(f"{args.run_dir} has no stored snapshots; record the run with record.enabled=true")
     at_steps = _at_steps(args.at_step, stored)
     every = args.every_steps if args.every_steps is not None else default_every_steps(stored)
     rules = _rules(args)
     _check_representable(stored, rules, at_steps, every)
-
-    from trajlab.experiments import build
-
-    device = build.resolve_device(args.device)
-    train_ds, test_ds = build.build_train_data(cfg), build.build_test_data(cfg)
-    model = build.build_model_for(cfg, train_ds).to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    store.check_compatible(model)
-    rows = _evaluate_all(args, cfg, store, model, rules, at_steps, every, train_ds, test_ds, device)
-    doc = _document(args, cfg, rows, rules, every, device)
+    rows = _evaluate_all(run, rules, at_steps, every, recalibrate=args.bn == "recalibrate")
+    doc = _document(args, run, rows, rules, every)
     if args.out:
         from trajlab.provenance import write_json_atomic
 
         write_json_atomic(args.out, doc)
         log.info("results written to %s", args.out)
-    _out(json.dumps(doc) if args.json else format_table(rows, every))
+    emit(json.dumps(doc) if args.json else format_table(rows, every))
     return 0
 
 
@@ -194,74 +181,33 @@ def _check_representable(stored: list[int], rules: list[Any], at_steps: list[int
 
 
 def _evaluate_all(
-    args: argparse.Namespace,
-    cfg: Any,
-    store: Any,
-    model: Any,
-    rules: list[Any],
-    at_steps: list[int],
-    every: int,
-    train_ds: Any,
-    test_ds: Any,
-    device: Any,
+    run: Any, rules: list[Any], at_steps: list[int], every: int, *, recalibrate: bool
 ) -> list[dict[str, Any]]:
     """Rows for the last iterate (running and recalibrated BN) and every average, at every step."""
     from trajlab.averaging import plan, post_hoc_many
-    from trajlab.experiments.build import DatasetBatches
-    from trajlab.train.evaluate import evaluate_model
 
-    batches = DatasetBatches(
-        train_ds,
-        cfg.data,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        device=device,
-        channels_last=cfg.model.channels_last,
-    )
-
-    def test_batches() -> Any:
-        from trajlab.data import iterate_eval
-
-        return iterate_eval(
-            test_ds, cfg.train.eval_batch_size, device=device, channels_last=cfg.model.channels_last
-        )
-
-    def evaluate(state: dict, recalibrate: bool) -> tuple[str, dict[str, float]]:
-        from trajlab.averaging import update_bn
-
-        model.load_state_dict(state)
-        bn = "running"
-        if recalibrate:
-            used = update_bn(
-                model, batches.recalibration_batches(args.bn_batches), max_batches=args.bn_batches
-            )
-            bn = "recalibrated" if used else "none (no BatchNorm)"
-        return bn, evaluate_model(model, test_batches, device_type=device.type)
-
-    floating_buffers = [n for n, b in model.named_buffers() if b.is_floating_point()]
+    floating_buffers = [n for n, b in run.model.named_buffers() if b.is_floating_point()]
     # One streaming pass; BN buffers are copied from the newest snapshot used (online buffers="copy").
-    averages = post_hoc_many(store, rules, at_steps, every, device=device, buffer_names=floating_buffers)
-    stored = store.steps()
+    averages = post_hoc_many(run, rules, at_steps, every, device=run.device, buffer_names=floating_buffers)
+    stored = run.snapshot_steps
     rows = []
     for step in at_steps:
-        last = store.load(step, device=device)
-        for recalibrate in (False, True):
-            bn, metrics = evaluate(last, recalibrate)
-            rows.append(_row("last", step, bn, metrics, {step: 1.0}))
+        for bn in ("raw", "recalibrated"):
+            rows.append(_row("last", step, run.evaluate(step, bn), {step: 1.0}))
         for rule in rules:
-            bn, metrics = evaluate(averages[(rule.name, step)], args.bn == "recalibrate")
-            rows.append(_row(rule.name, step, bn, metrics, plan(stored, rule, step, every)))
-            log.info("%s at step %d: test acc %.4f", rule.name, step, metrics["acc"])
+            evaluation = run.evaluate(averages[(rule.name, step)], "recalibrated" if recalibrate else "raw")
+            rows.append(_row(rule.name, step, evaluation, plan(stored, rule, step, every)))
+            log.info("%s at step %d: test acc %.4f", rule.name, step, evaluation.acc)
     return rows
 
 
-def _row(rule: str, step: int, bn: str, metrics: dict[str, float], weights: dict[int, float]) -> dict:
+def _row(rule: str, step: int, evaluation: Any, weights: dict[int, float]) -> dict:
     return {
         "rule": rule,
         "at_step": step,
-        "bn": bn,
-        "test_loss": float(metrics["loss"]),
-        "test_acc": float(metrics["acc"]),
+        "bn": evaluation.bn,
+        "test_loss": evaluation.loss,
+        "test_acc": evaluation.acc,
         "snapshots_used": len(weights),
         "first_step_used": min(weights),
     }
@@ -288,11 +234,10 @@ def format_table(rows: list[dict[str, Any]], every: int) -> str:
 
 
 def _document(
-    args: argparse.Namespace, cfg: Any, rows: list[dict], rules: list[Any], every: int, device: Any
+    args: argparse.Namespace, run: Any, rows: list[dict], rules: list[Any], every: int
 ) -> dict[str, Any]:
     from trajlab.provenance import provenance
 
-    run_prov = Path(args.run_dir) / "provenance.json"
     return {
         "kind": "trajlab.average",
         "run_dir": str(args.run_dir),
@@ -301,9 +246,9 @@ def _document(
         "bn_batches": args.bn_batches,
         "rules": [rule.name for rule in rules],
         "rows": rows,
-        "run_config": cfg.to_dict(),
-        "run_provenance": json.loads(run_prov.read_text()) if run_prov.is_file() else None,
-        "provenance": provenance(seed=cfg.train.seed, device=device, command=_argv(args)),
+        "run_config": run.config.to_dict(),
+        "run_provenance": run.provenance(),
+        "provenance": provenance(seed=run.config.train.seed, device=run.device, command=command_line(args)),
     }
 
 

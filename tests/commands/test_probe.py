@@ -10,9 +10,9 @@ import statistics
 import pytest
 
 from trajlab.cli import main
+from trajlab.commands.probe import distribution
 from trajlab.config import resolve_config
-from trajlab.experiments.cmd_probe import distribution
-from trajlab.experiments.runner import run_training
+from trajlab.runs.runner import run_training
 
 RECORD = ["train.num_threads=1", "record.enabled=true", "record.snapshots={every_steps = 4}"]
 FAST = ["--bn", "batch", "--batches", "1", "--points", "8", "--no-hvp", "-q"]

@@ -10,13 +10,13 @@ import pytest
 
 from trajlab.averaging import SWA
 from trajlab.cli import main
-from trajlab.theory import equivalent_schedule
-from trajlab.theory.cli_commands import (
+from trajlab.commands.theory import (
     best_ema_command,
     equivalent_lr_command,
     equivalent_schedule_command,
     two_point_gain_command,
 )
+from trajlab.theory import equivalent_schedule
 
 SUBCOMMANDS = ["equivalent-schedule", "equivalent-lr", "two-point-gain", "best-ema"]
 
@@ -121,3 +121,14 @@ def test_bad_numbers_exit_2(capsys, argv, message):
     assert main(["theory", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trajlab: error:") and message in err and err.count("\n") == 1
+
+
+def test_cli_commands_are_json():
+    out = equivalent_schedule_command(ema=0.999, lr=0.1, curvature=0.5, steps=500, json=True)
+    json.dumps(out)
+    assert out["final_lr"] == pytest.approx(0.1 * 0.001)
+    assert "text" in equivalent_lr_command(lr=0.1, curvature=0.5, two_point_gap=1000)
+    json.dumps(two_point_gain_command(lr=0.1, curvature=0.5, json=True))
+    json.dumps(best_ema_command(lr=0.1, curvature=0.5, noise=1.0, horizon_steps=200, start=1.0, json=True))
+    with pytest.raises(ValueError, match="exactly one"):
+        equivalent_schedule_command(lr=0.1, curvature=0.5, steps=10)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trajlab.cli import UsageError, _out
+from trajlab.commands.io import UsageError, emit, host_of
 from trajlab.experiments.claims.budgets import BUDGET_NAMES
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out) / args.budget
-    opts = {"budget": args.budget, "seeds": seeds, "progress": not args.no_progress}
+    opts = {"budget": args.budget, "seeds": seeds, "progress": not args.no_progress, "host": host_of(args)}
     t0 = time.perf_counter()
     if set(claims) - {"H"}:
         # --no-reuse retrains every run once, here; the drivers then find them in the cache.
@@ -99,7 +99,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         rows.append((c, doc["verdict"]["verdict"], time.perf_counter() - t))
         log.info("claim %s: %s (%.0f s)", c, doc["verdict"]["verdict"], rows[-1][2])
     report = _write_report(out, args.budget)
-    _out(_table(rows, out, time.perf_counter() - t0) + (f"\nreport: {report.resolve()}" if report else ""))
+    emit(_table(rows, out, time.perf_counter() - t0) + (f"\nreport: {report.resolve()}" if report else ""))
     return 0
 
 

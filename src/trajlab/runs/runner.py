@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from trajlab.config import ConfigError, RunConfig
-from trajlab.experiments import build
+from trajlab.config import ConfigError, HostSettings, RunConfig
 from trajlab.provenance import provenance, write_json_atomic
+from trajlab.runs import build
 from trajlab.train import distributed
 from trajlab.train.engine import Trainer, TrainResult
 from trajlab.train.evaluate import evaluate_model
@@ -80,7 +80,12 @@ def check_out_dir(out_dir: Path, cfg: RunConfig) -> None:
 
 
 def _make_callbacks(
-    cfg: RunConfig, run_dir: Path, model: torch.nn.Module, batches: build.DatasetBatches, extra: Sequence[Any]
+    cfg: RunConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    batches: build.DatasetBatches,
+    extra: Sequence[Any],
+    host: HostSettings,
 ) -> list[Any]:
     callbacks: list[Any] = []
     if cfg.record.enabled:
@@ -95,15 +100,15 @@ def _make_callbacks(
             )
         )
     if cfg.averaging.enabled:
-        from trajlab.experiments.plugins import LiveRecalibrated, averaging_callback
+        from trajlab.runs.plugins import LiveRecalibrated, averaging_callback
 
-        callbacks.append(averaging_callback(cfg, model))
+        callbacks.append(averaging_callback(cfg, model, host))
         if cfg.averaging.eval_bn == "recalibrate":
             callbacks.append(LiveRecalibrated(cfg.averaging.bn_batches))
     if cfg.probes.every_steps > 0:
-        from trajlab.experiments.plugins import probe_callback
+        from trajlab.runs.plugins import probe_callback
 
-        callbacks.append(probe_callback(cfg, run_dir, batches))
+        callbacks.append(probe_callback(cfg, run_dir, batches, host))
     callbacks.extend(extra)
     if cfg.record.checkpoint_every_steps > 0:
         from trajlab.trajectory import Checkpointer
@@ -123,13 +128,18 @@ def run_training(
     command: list[str] | None = None,
     extra_callbacks: Sequence[Any] = (),
     branch_from: tuple[str | os.PathLike, int] | None = None,
+    host: HostSettings | None = None,
 ) -> RunOutcome:
     """Train the run described by ``cfg`` into ``out_dir`` (or continue it with ``resume=True``).
 
     ``branch_from=(run_dir, step)`` starts a new run from another run's training checkpoint at ``step``
     (model, optimizer state, RNG): with the same ``train.seed`` it is fed exactly the batches the source
     run saw after ``step``, so two branches differ only by what ``cfg`` changes (e.g. the schedule).
+
+    ``host`` (:class:`~trajlab.config.HostSettings`): where else to look for data, the thread count (set
+    only when ``host.set_threads`` is given: the library itself never changes it) and the CPU kernel.
     """
+    host = host or HostSettings()
     out_dir = Path(out_dir)
     state = None
     branch_state = None
@@ -155,7 +165,7 @@ def run_training(
     else:
         # Only rank 0 writes the run directory, so only rank 0 checks it: another rank checking later could
         # find rank 0's fresh config.json and refuse the run it belongs to.
-        if distributed.DistInfo.from_env().rank == 0:
+        if _dist_info(host).rank == 0:
             check_out_dir(out_dir, cfg)
         if branch_from is not None:
             from trajlab.trajectory import load_checkpoint
@@ -168,17 +178,16 @@ def run_training(
                 )
             branch_state = load_checkpoint(ckpt)
 
-    info = distributed.DistInfo.from_env()
+    info = _dist_info(host)
     device = build.resolve_device(cfg.train.device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
+    host.apply_threads(cfg.train.num_threads)
 
     # Everything that can fail on bad input happens before the first write.
-    train_ds = build.build_train_data(cfg)
-    test_ds = build.build_test_data(cfg)
+    train_ds = build.build_train_data(cfg, host.data_dirs)
+    test_ds = build.build_test_data(cfg, host.data_dirs)
     torch.manual_seed(cfg.train.seed)
     model = build.build_model_for(cfg, train_ds).to(device)
     if cfg.model.channels_last:
@@ -195,7 +204,7 @@ def run_training(
         world_size=info.world_size,
     )
 
-    distributed.init_process_group(info, device)
+    created_group = distributed.init_process_group(info, device)
     try:
         train_model = distributed.wrap_ddp(model, info, device, sync_bn=cfg.train.sync_bn)
         model = getattr(train_model, "module", model)
@@ -220,7 +229,7 @@ def run_training(
                 )
             if state is not None:
                 truncate_after(out_dir / "metrics.jsonl", int(state["step"]))
-        callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks)
+        callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks, host)
         sink = None
         if info.rank == 0:
             tb_dir = out_dir / "tensorboard" if cfg.train.tensorboard else None
@@ -268,8 +277,17 @@ def run_training(
                 },
             )
     finally:
-        distributed.destroy_process_group()
+        if created_group:
+            distributed.destroy_process_group()
     return RunOutcome(run_dir=out_dir, result=result, config=cfg)
+
+
+def _dist_info(host: HostSettings) -> distributed.DistInfo:
+    """This process's rank and world size: torchrun's variables as the CLI passed them, else an already
+    initialised default process group, else a single process."""
+    if host.distributed_env:
+        return distributed.DistInfo.from_env(host.distributed_env)
+    return distributed.DistInfo.current()
 
 
 def _write_run_files(

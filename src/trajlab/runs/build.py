@@ -1,14 +1,14 @@
 """Glue from a :class:`~trajlab.config.RunConfig` to datasets, batches, model, optimizer and schedule.
 
-This is the one recipe that turns a config into tensors: the trajectory store uses it too, to rebuild
-the exact batch of any logged step.
+This is the one recipe that turns a config into tensors: :class:`trajlab.runs.RecordedRun` uses it too, to
+rebuild the exact batch of any logged step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -33,13 +33,19 @@ log = logging.getLogger(__name__)
 
 # Seed offset of the batches used for BatchNorm recalibration: independent of the training order.
 _RECALIBRATION_SEED_OFFSET = 7_919
+# Seed of the held-out control batches' sampler (plus the caller's seed): fixed, so every probe, claim and
+# report of a run compares against the same held-out batches.
+_HELDOUT_SEED = 104_729
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; anything else as given (``cpu``, ``cuda:1``, ``mps``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
     return device
@@ -54,8 +60,11 @@ def _data_cfg(cfg: RunConfig | DataConfig | dict[str, Any]) -> DataConfig:
     return DataConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()})
 
 
-def build_train_data(cfg: RunConfig | DataConfig | dict[str, Any]) -> ImageDataset:
-    """The training split as configured (subset included). Accepts a config or config.json's dict."""
+def build_train_data(
+    cfg: RunConfig | DataConfig | dict[str, Any], search_dirs: Sequence[str] = ()
+) -> ImageDataset:
+    """The training split as configured (subset included). Accepts a config or config.json's dict;
+    ``search_dirs``: where else to look for the data when ``data.data_dir`` is not set."""
     d = _data_cfg(cfg)
     ds = load_dataset(
         d.name,
@@ -65,13 +74,17 @@ def build_train_data(cfg: RunConfig | DataConfig | dict[str, Any]) -> ImageDatas
         download=d.download,
         image_size=d.image_size,
         synthetic=d.synthetic or None,
+        search_dirs=search_dirs,
     )
     if d.train_subset:
         ds = subset(ds, d.train_subset, seed=d.subset_seed)
     return ds
 
 
-def build_test_data(cfg: RunConfig | DataConfig | dict[str, Any]) -> ImageDataset:
+def build_test_data(
+    cfg: RunConfig | DataConfig | dict[str, Any], search_dirs: Sequence[str] = ()
+) -> ImageDataset:
+    """The test split as configured (subset included); arguments as :func:`build_train_data`."""
     d = _data_cfg(cfg)
     ds = load_dataset(
         d.name,
@@ -81,6 +94,7 @@ def build_test_data(cfg: RunConfig | DataConfig | dict[str, Any]) -> ImageDatase
         download=d.download,
         image_size=d.image_size,
         synthetic=d.synthetic or None,
+        search_dirs=search_dirs,
     )
     if d.test_subset:
         ds = subset(ds, d.test_subset, seed=d.subset_seed)
@@ -128,9 +142,11 @@ class DatasetBatches:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self._rows = shard_rows(batch_size, rank, world_size)
 
-    def _make(
-        self, indices: torch.Tensor, aug_seed: int, rows: slice | None
+    def make(
+        self, indices: torch.Tensor, aug_seed: int | None, rows: slice | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``indices`` with augmentation seed ``aug_seed`` (when the run augments), rows
+        ``rows`` of it (default all), as the trainer builds it."""
         return make_batch(
             self.ds,
             indices,
@@ -146,7 +162,7 @@ class DatasetBatches:
         indices = self.sampler.indices(step)
         aug_seed = self.sampler.aug_seed(step)
         rows = self._rows if self.world_size > 1 else None
-        x, y = self._make(indices, aug_seed, rows)
+        x, y = self.make(indices, aug_seed, rows)
         return x, y, indices, aug_seed
 
     def epoch_of(self, step: int) -> float:
@@ -156,11 +172,54 @@ class DatasetBatches:
         """Deterministic augmented training batches from an independent seed (for BN recalibration)."""
         sampler = BatchSampler(len(self.ds), self.global_batch_size, self.seed + _RECALIBRATION_SEED_OFFSET)
         for step in range(1, max_batches + 1):
-            yield self._make(sampler.indices(step), sampler.aug_seed(step), None)
+            yield self.make(sampler.indices(step), sampler.aug_seed(step), None)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole training set in order, without augmentation (full-batch quantities)."""
         return iterate_eval(self.ds, batch_size, device=self.device, channels_last=self.channels_last)
+
+
+def heldout_batches(
+    test_ds: ImageDataset,
+    data: DataConfig,
+    *,
+    batch_size: int,
+    count: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out control batches: the one definition every probe, claim, demo and report uses.
+
+    Batch i (i = 1..count) holds the test-set images a seeded sampler draws for its step i (seed
+    ``104_729 + seed``, independent of any training order), at the training batch size and through the
+    training augmentation when the run augments, so a held-out batch differs from a training batch only in
+    never having been trained on. The batches are disjoint (one pass of the sampler over the test set).
+
+    Raises:
+        ConfigError: the test set holds fewer than ``count`` disjoint batches.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    available = len(test_ds) // batch_size
+    if count > available:
+        raise ConfigError(
+            f"the test set ({len(test_ds)} images) holds only {available} held-out batches of {batch_size}; "
+            "ask for fewer or raise data.test_subset"
+        )
+    sampler = BatchSampler(len(test_ds), batch_size, _HELDOUT_SEED + seed)
+    return [
+        make_batch(
+            test_ds,
+            sampler.indices(i),
+            aug_seed=sampler.aug_seed(i) if data.augment else None,
+            crop_padding=data.crop_padding,
+            flip=data.flip,
+            device=device,
+            channels_last=channels_last,
+        )
+        for i in range(1, count + 1)
+    ]
 
 
 def build_model_for(cfg: RunConfig, ds: ImageDataset) -> nn.Module:

@@ -10,8 +10,8 @@ import torch
 
 from trajlab.cli import main
 from trajlab.config import resolve_config
-from trajlab.experiments import build
-from trajlab.experiments.runner import load_run_config, run_training
+from trajlab.runs import build
+from trajlab.runs.runner import load_run_config, run_training
 from trajlab.train.evaluate import evaluate_model
 from trajlab.trajectory import TrajectoryStore
 

@@ -13,8 +13,8 @@ from typing import Any
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ``args.inputs`` (run directories; ``.json`` files count as extra results)."""
-    from trajlab.experiments.runner import RunDirError
     from trajlab.reports.html import build_report
+    from trajlab.runs.runner import RunDirError
 
     run_dirs, extras = [], list(args.result or [])
     for item in args.inputs:

@@ -10,8 +10,8 @@ import torch
 
 from trajlab.config import resolve_config
 from trajlab.data import BatchSampler
-from trajlab.experiments import build
-from trajlab.experiments.runner import RunDirError, run_training
+from trajlab.runs import build
+from trajlab.runs.runner import RunDirError, run_training
 from trajlab.train.callbacks import CallbackBase
 from trajlab.train.engine import Trainer, TrainingDiverged
 from trajlab.train.metrics import TIME_FIELDS, read_metrics

@@ -1,0 +1,1 @@
+"""The command-line subcommands, one module each; ``trajlab.cli`` is the only module that imports them."""
