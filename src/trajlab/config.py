@@ -259,7 +259,7 @@ class HostSettings:
             ``$TRAJLAB_DATA``).
         num_threads: torch threads for this process; 0 = a run's ``train.num_threads``, else torch's default
             (the CLI: ``$TRAJLAB_NUM_THREADS``).
-        set_threads: how to set the thread count (the CLI passes ``torch.set_num_threads``); ``None``: the
+        set_threads: how to set the thread count (the CLI passes torch's thread setter); ``None``: the
             thread count is left alone, whatever ``train.num_threads`` says.
         cpu_kernel: build and use the fused CPU averaging kernel when a C compiler is there (the CLI:
             ``$TRAJLAB_CPU_KERNEL=0`` turns it off).

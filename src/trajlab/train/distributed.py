@@ -30,7 +30,7 @@ class DistInfo:
     def from_env(cls, environ: Mapping[str, str]) -> DistInfo:
         """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK from ``environ`` (absent: a single process).
 
-        The library reads no environment itself: the CLI passes ``os.environ``'s values down
+        The library reads no environment itself: the CLI passes the process environment's values down
         (:attr:`trajlab.config.HostSettings.distributed_env`).
         """
         return cls(
