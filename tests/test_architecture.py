@@ -91,7 +91,7 @@ def test_no_import_runs_back_up() -> None:
         room = _room(module)
         for target in targets:
             to = _room(target)
-            if to == FACE or to == room:
+            if to in (FACE, room):
                 continue
             if room == FACE:
                 if to in ("commands", "cli"):
