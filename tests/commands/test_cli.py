@@ -137,3 +137,55 @@ def test_runs_table_over_seeds(tmp_path, tiny_overrides, capsys):
     assert main(["runs", "table", *dirs]) == 0
     assert "± " in capsys.readouterr().out
     assert main(["runs", "table", str(tmp_path / "nope")]) == 2
+
+
+def test_environment_is_read_by_the_cli_and_passed_down(tmp_path, monkeypatch, capsys):
+    # TRAJLAB_DATA: a dataset found only there (mnist is searched in ./data/mnist otherwise);
+    # TRAJLAB_NUM_THREADS: the thread count the command runs with, whatever the run's config says.
+    import json
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "data"))
+    from data_testutils import tiny_idx_arrays, write_idx_split
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "elsewhere" / "mnist"
+    write_idx_split(data, "train", *tiny_idx_arrays(64, 0), gz=False)
+    write_idx_split(data, "test", *tiny_idx_arrays(32, 1), gz=False)
+    argv = [
+        "train",
+        "--preset",
+        "mnist-cnn",
+        "--out",
+        str(tmp_path / "run"),
+        "-q",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.num_threads=2",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv, environ={}) == 2  # not found without it
+        assert "mnist not found" in capsys.readouterr().err
+        env = {"TRAJLAB_DATA": str(tmp_path / "elsewhere"), "TRAJLAB_NUM_THREADS": "1"}
+        assert main(argv, environ=env) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["data_dir"] is None
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["presets"], environ={"TRAJLAB_NUM_THREADS": "many"}) == 2
+    assert "TRAJLAB_NUM_THREADS must be a whole number" in capsys.readouterr().err
+
+
+def test_help_documents_the_environment_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("TRAJLAB_NUM_THREADS", "TRAJLAB_DATA", "TRAJLAB_CPU_KERNEL", "TRAJLAB_CACHE", "CC"):
+        assert name in out
+    assert "exit status: 0 success, 1" in out
