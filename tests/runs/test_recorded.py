@@ -16,12 +16,15 @@ from trajlab.runs import RecordedRun, RunDirError, build, run_training
 from trajlab.train.evaluate import evaluate_model
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory) -> tuple[RecordedRun, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+@pytest.fixture
+def recorded(tmp_path, tiny_overrides) -> tuple[RecordedRun, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """A tiny recorded run (augmented synthetic data, BatchNorm), with every batch the trainer received."""
-    from conftest import TINY
-
-    overrides = [*TINY, "record.enabled=true", "record.snapshots={every_steps = 2}", "averaging.bn_batches=3"]
+    overrides = [
+        *tiny_overrides,
+        "record.enabled=true",
+        "record.snapshots={every_steps = 2}",
+        "averaging.bn_batches=3",
+    ]
     cfg = resolve_config(None, None, overrides)
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     original = build.DatasetBatches.batch
@@ -31,7 +34,7 @@ def recorded(tmp_path_factory) -> tuple[RecordedRun, dict[int, tuple[torch.Tenso
         captured[step] = (x.clone(), y.clone())
         return x, y, indices, seed
 
-    run_dir = tmp_path_factory.mktemp("recorded") / "run"
+    run_dir = tmp_path / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(build.DatasetBatches, "batch", capturing)
         run_training(cfg, run_dir)
