@@ -27,8 +27,6 @@ from trajlab.theory.measurements import (
 from trajlab.theory.nqm import NoisyQuadratic
 from trajlab.theory.spectrum import from_loss_weights
 
-_LOG_SE_UNDETERMINED = 1.0  # a curvature known only to within a factor e is reported as undetermined
-
 
 def relaxation_steps(lr: float, curvatures: np.ndarray, momentum: float) -> np.ndarray:
     """-1 / ln max|z| of the heavy-ball roots: the e-folding time of the slowest mode, in steps."""
@@ -42,10 +40,16 @@ def relaxation_steps(lr: float, curvatures: np.ndarray, momentum: float) -> np.n
 
 @dataclass(frozen=True)
 class TimescaleGroup:
-    """Directions sharing a curvature h (a timescale) with loss weight A; ``reason`` if undetermined."""
+    """Directions sharing a curvature h (a timescale) with loss weight A; ``reason`` if undetermined.
+
+    ``curvature_se`` is the local (Gauss-Newton) standard error; ``curvature_interval`` the 2-sigma
+    profile interval (chi^2 within 4 chi2/dof of the optimum, other curvatures held), which also catches
+    curvatures that are only bounded on one side.
+    """
 
     curvature: float
     curvature_se: float
+    curvature_interval: tuple[float, float]
     relaxation_steps: float
     amplitude: float
     amplitude_se: float
@@ -68,6 +72,7 @@ class MultiscaleFit:
     min_loss_reason: str | None
     chi2: float
     dof: int
+    channel_chi2: dict
     candidates: tuple[dict, ...]
     reasons: tuple[str, ...]
     param_names: tuple[str, ...] = field(repr=False)
@@ -91,6 +96,7 @@ class MultiscaleFit:
             "min_loss_reason": self.min_loss_reason,
             "chi2": self.chi2,
             "dof": self.dof,
+            "channel_chi2": dict(self.channel_chi2),
             "candidates": list(self.candidates),
             "reasons": list(self.reasons),
             "param_names": list(self.param_names),
@@ -228,51 +234,48 @@ def _shortest_steps(meas: RunMeasurements) -> float:
     return float(min(spans)) if spans else 1.0
 
 
+def _profile_interval(problem: _Problem, u: np.ndarray, i: int, cost: float, scale: float, bounds) -> tuple:
+    """2-sigma profile interval of log h_i: grid values whose best cost is within 4 chi2/dof of the optimum.
+
+    Returns (low, high, hits_low, hits_high) in log curvature; hits_* flag an interval open at a bound.
+    """
+    grid = np.linspace(bounds[0], bounds[1], 41)
+    accepted = [u[i]]
+    for value in grid:
+        trial = u.copy()
+        trial[i] = value
+        if float(np.sum(problem.residual(trial) ** 2)) - cost <= 4.0 * scale:
+            accepted.append(value)
+    low, high = min(accepted), max(accepted)
+    return low, high, low <= grid[1], high >= grid[-2]
+
+
 def _group_reason(
-    i: int,
-    u: np.ndarray,
-    cov: np.ndarray,
-    amp: float,
-    amp_se: float,
-    meas: RunMeasurements,
-    bounds: tuple[float, float],
+    i: int, u: np.ndarray, interval: tuple, amp: float, amp_se: float, meas: RunMeasurements
 ) -> str | None:
     if amp <= 0:
         return (
             "amplitude at its bound 0: the data need no loss weight at this timescale, so its curvature is "
             "not determined (the group is shown only to report that)"
         )
-    tau = float(relaxation_steps(meas.lr, np.exp(u[i : i + 1]), meas.momentum)[0])
-    log_se = float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else np.inf
+    low, high, open_low, open_high = interval
+    taus = relaxation_steps(meas.lr, np.exp(np.array([low, u[i], high])), meas.momentum)
     out = []
-    if u[i] <= bounds[0] + 1e-6:
+    if open_low and open_high:
+        out.append("curvature not determined: every value in the searched range fits within 2 sigma")
+    elif open_high:
         out.append(
-            f"curvature at the slow end of the searched range (relaxation ~{tau:.3g} steps, 3x the measured "
-            f"horizon of {meas.horizon_steps:.3g} steps): only a lower bound on its timescale is determined"
+            f"only a lower bound on the curvature (h >= {np.exp(low):.3g}, relaxation <= {taus[0]:.3g} "
+            f"steps): the shortest gap/age measured ({_shortest_steps(meas):.3g} steps) sees the group "
+            "fully relaxed (a flat gain curve), so faster dynamics are not resolved"
         )
-    elif u[i] >= bounds[1] - 1e-6:
-        out.append("curvature at the upper bound of the search (stability limit or Hessian top eigenvalue)")
-    elif log_se > _LOG_SE_UNDETERMINED:
-        shortest = _shortest_steps(meas)
-        others = [k for k in range(u.size) if k != i and np.isfinite(cov[k, k]) and cov[k, k] > 0]
-        corr = (
-            {k: cov[i, k] / np.sqrt(cov[i, i] * cov[k, k]) for k in others} if np.isfinite(cov[i, i]) else {}
+    elif open_low:
+        out.append(
+            f"only an upper bound on the curvature (h <= {np.exp(high):.3g}, relaxation >= {taus[2]:.3g} "
+            f"steps): slower than the measured horizon of {meas.horizon_steps:.3g} steps resolves"
         )
-        strong = [k for k, c in corr.items() if abs(c) > 0.9]
-        if tau < shortest:
-            out.append(
-                f"relaxation time ~{tau:.3g} steps is below the shortest measured gap/age "
-                f"({shortest:.3g} steps): the gain curve is already flat there, so the timescale is "
-                "not identified (only an upper bound)"
-            )
-        elif strong:
-            out.append(
-                f"not separately identified from group {strong[0]} (correlation {corr[strong[0]]:.2f})"
-            )
-        else:
-            out.append(
-                f"curvature not determined: its standard error exceeds a factor e (log-SE {log_se:.2g})"
-            )
+    elif high - low > 2.0:
+        out.append(f"curvature poorly determined: 2-sigma interval [{np.exp(low):.3g}, {np.exp(high):.3g}]")
     if not np.isfinite(amp_se) or amp_se >= amp:
         out.append(f"amplitude not determined: consistent with 0 (A = {amp:.3g} +- {amp_se:.3g})")
     return "; ".join(out) or None
@@ -348,8 +351,15 @@ def fit_timescales(
 
 def _result(meas, problem, u, cost, bounds, notes, candidates) -> MultiscaleFit:
     j = u.size
-    _, theta = problem.solve(u)
+    resid, theta = problem.solve(u)
     cov, dof = _covariance(problem, u, theta, cost)
+    per_channel, offset_rows = {}, 0
+    for c in problem.chans:
+        part = resid[offset_rows : offset_rows + c.values.size]
+        per_channel[c.name] = {"chi2": float(part @ part), "points": int(c.values.size)}
+        offset_rows += c.values.size
+    if resid.size > offset_rows:
+        per_channel["rayleigh"] = {"chi2": float(resid[offset_rows:] @ resid[offset_rows:]), "points": 1}
     offset = int(problem.columns[0])
     h = np.exp(u)
     taus = relaxation_steps(meas.lr, h, meas.momentum)
@@ -358,8 +368,12 @@ def _result(meas, problem, u, cost, bounds, notes, candidates) -> MultiscaleFit:
         amp, amp_var = float(theta[offset + i]), cov[j + offset + i, j + offset + i]
         amp_se = float(np.sqrt(amp_var)) if np.isfinite(amp_var) else float("nan")
         log_se = float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else float("nan")
-        reason = _group_reason(i, u, cov, amp, amp_se, meas, bounds)
-        groups.append(TimescaleGroup(float(h[i]), float(h[i] * log_se), float(taus[i]), amp, amp_se, reason))
+        interval = _profile_interval(problem, u, i, cost, max(1.0, cost / dof), bounds) if amp > 0 else None
+        reason = _group_reason(i, u, interval, amp, amp_se, meas)
+        span = (float(np.exp(interval[0])), float(np.exp(interval[1]))) if interval else (np.nan, np.nan)
+        groups.append(
+            TimescaleGroup(float(h[i]), float(h[i] * log_se), span, float(taus[i]), amp, amp_se, reason)
+        )
     reasons = list(notes)
     if cost / dof > 2.0:
         reasons.append(
@@ -377,17 +391,18 @@ def _result(meas, problem, u, cost, bounds, notes, candidates) -> MultiscaleFit:
     _, names = design(problem.chans, h, meas.lr, meas.momentum)
     param_names = (*(f"log_curvature_{i}" for i in range(j)), *np.asarray(names)[problem.columns])
     return MultiscaleFit(
-        meas.lr,
-        meas.momentum,
-        tuple(groups),
-        min_loss,
-        min_se,
-        min_reason,
-        float(cost),
-        int(dof),
-        candidates,
-        tuple(reasons),
-        tuple(param_names),
-        np.concatenate([u, theta]),
-        cov,
+        lr=meas.lr,
+        momentum=meas.momentum,
+        groups=tuple(groups),
+        min_loss=min_loss,
+        min_loss_se=min_se,
+        min_loss_reason=min_reason,
+        chi2=float(cost),
+        dof=int(dof),
+        channel_chi2=per_channel,
+        candidates=candidates,
+        reasons=tuple(reasons),
+        param_names=tuple(str(n) for n in param_names),
+        params=np.concatenate([u, theta]),
+        covariance=cov,
     )
