@@ -214,6 +214,24 @@ def _estimated_se(
     return out, notes
 
 
+def _inflated_se(
+    problem: _Problem, u: np.ndarray, se: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[str]]:
+    """Per-channel Birge ratio: SEs times sqrt(chi2_c / n_c) where it exceeds 1 (channels of >= 3 points)."""
+    resid = problem.solve(u)[0]
+    out, notes, offset = [], [], 0
+    for c, errors in zip(problem.chans, se):
+        part = resid[offset : offset + c.values.size]
+        offset += c.values.size
+        ratio = float(np.sqrt(part @ part / c.values.size))
+        if c.values.size >= 3 and ratio > 1.0:
+            out.append(errors * ratio)
+            notes.append(f"{c.name}: scatter {ratio:.2g}x its standard errors; they were scaled by that")
+        else:
+            out.append(errors)
+    return out, notes
+
+
 def _provisional_se(chans: list[Channel]) -> list[np.ndarray]:
     out = []
     for c in chans:
@@ -229,8 +247,7 @@ def _provisional_se(chans: list[Channel]) -> list[np.ndarray]:
 def _shortest_steps(meas: RunMeasurements) -> float:
     spans = [*meas.two_point_gaps, *(k for k in meas.loss_autocov_lags if k > 0)]
     spans += [*(k for k in meas.weight_autocov_lags if k > 0)]
-    spans += [b.ages.min() * b.lr / meas.lr for b in meas.ladder if b.ages.size]
-    spans += [1.0 / (1.0 - b) for b in meas.ema_decays]
+    spans += [b.ages.min() for b in meas.ladder if b.ages.size]
     return float(min(spans)) if spans else 1.0
 
 
@@ -247,7 +264,9 @@ def _profile_interval(problem: _Problem, u: np.ndarray, i: int, cost: float, sca
         if float(np.sum(problem.residual(trial) ** 2)) - cost <= 4.0 * scale:
             accepted.append(value)
     low, high = min(accepted), max(accepted)
-    return low, high, low <= grid[1], high >= grid[-2]
+    # An upper end at the Hessian's top eigenvalue is a measured bound, not an open interval.
+    measured_top = problem.meas.hessian_top_eigenvalue is not None
+    return low, high, low <= grid[1], high >= grid[-2] and not measured_top
 
 
 def _group_reason(
@@ -306,7 +325,11 @@ def _covariance(problem: _Problem, u: np.ndarray, theta: np.ndarray, cost: float
 
 
 def fit_timescales(
-    meas: RunMeasurements, num_groups: int | None = None, max_groups: int = 3, starts: int | None = None
+    meas: RunMeasurements,
+    num_groups: int | None = None,
+    max_groups: int = 3,
+    starts: int | None = None,
+    inflate_errors: bool = True,
 ) -> MultiscaleFit:
     """Fit J curvature groups (h_j, A_j) and the loss floor L_min to ``meas``.
 
@@ -314,6 +337,9 @@ def fit_timescales(
         meas: the run's measurements (any subset; needs two-point gains, EMA losses or ladder branches).
         num_groups: J; None picks J in 1..max_groups by BIC (chi^2 + parameters * ln n).
         max_groups: the largest J tried when ``num_groups`` is None.
+        inflate_errors: scale each channel's standard errors by sqrt(chi2_c / n_c) when its scatter
+            about a first fit (J = max_groups) exceeds them (the Birge ratio, as when combining data sets
+            whose errors are understated), so that no channel outweighs the others by its optimism alone.
         starts: Levenberg-Marquardt starts per J (the lowest-cost points of a log-curvature grid;
             None: every point of the grid, C(J + 3, J) starts).
 
@@ -338,6 +364,11 @@ def fit_timescales(
         problem = _Problem(meas, chans, se, max(counts))
         u, _ = _fit_count(problem, *bounds, starts)
         se, notes = _estimated_se(chans, problem, u)
+    if inflate_errors:
+        problem = _Problem(meas, chans, se, max(counts))
+        u, _ = _fit_count(problem, *bounds, starts)
+        se, inflated = _inflated_se(problem, u, se)
+        notes += inflated
     fits = {}
     for j in counts:
         problem = _Problem(meas, chans, se, j)
