@@ -118,9 +118,14 @@ def test_lr_drop_ratio_matches_simulator():
     r = 1 / 8  # PyTorch rescales the step theta_0 - theta_{-1} by new_lr / lr at the switch
     ages = [5, 50, 500]
     sim = simulate(
-        m.with_lr(LR / 8), 500, seeds=seeds, start=x0, start_previous=(1 - r) * x0 + r * x_prev,
-        record_steps=ages, seed=8,
-    )  # fmt: skip
+        m.with_lr(LR / 8),
+        500,
+        seeds=seeds,
+        start=x0,
+        start_previous=(1 - r) * x0 + r * x_prev,
+        record_steps=ages,
+        seed=8,
+    )
     var = m.stationary_variance() * hb.lr_drop_variance_ratio(ages, LR, LR / 8, h, mu)
     se = np.sqrt(2.0 / seeds) * var  # Var(x^2) = 2 var^2 for a Gaussian start and noise
     assert np.all(np.abs(sim["second_moment"] - var) <= Z * se)

@@ -73,8 +73,15 @@ def test_lr_drop_excess_matches_simulator():
     seeds, new_lr, ages = 4000, LR / 4, [10, 100, 1000]
     x0, x_prev = _stationary_start(m, (seeds, 2), np.random.default_rng(14))
     r = new_lr / LR
-    sim = simulate(m.with_lr(new_lr), 1000, seeds=seeds, start=x0, start_previous=(1 - r) * x0 + r * x_prev,
-                   record_steps=ages, seed=15)  # fmt: skip
+    sim = simulate(
+        m.with_lr(new_lr),
+        1000,
+        seeds=seeds,
+        start=x0,
+        start_previous=(1 - r) * x0 + r * x_prev,
+        record_steps=ages,
+        seed=15,
+    )
     predicted = sp.lr_drop_excess_loss(m, new_lr, ages)
     # SE of 1/2 sum h x^2 over seeds for Gaussian x: sqrt(sum (h v)^2 / 2 / seeds), v the predicted variance.
     v = m.stationary_variance() * heavy_ball.lr_drop_variance_ratio(ages, LR, new_lr, m.curvatures, MU)

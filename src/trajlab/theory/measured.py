@@ -139,10 +139,20 @@ def _undetermined(fit: MultiscaleFit, decays: list, gaps: list, ladder_lrs: tupl
     nan = lambda n: (float("nan"),) * n  # noqa: E731
     reasons = {f"ema[{b}]": why for b in decays} | {f"gain[{k}]": why for k in gaps}
     return MeasuredPrediction(
-        fit, tuple(decays), nan(len(decays)), nan(len(decays)), nan(len(decays)), nan(len(decays)),
-        tuple(gaps), nan(len(gaps)), nan(len(gaps)), ladder_lrs, nan(len(ladder_lrs)), nan(len(decays)),
-        reasons,
-    )  # fmt: skip
+        fit=fit,
+        ema_decays=tuple(decays),
+        equivalent_lr=nan(len(decays)),
+        equivalent_lr_se=nan(len(decays)),
+        ema_loss=nan(len(decays)),
+        ema_loss_se=nan(len(decays)),
+        gaps=tuple(gaps),
+        gain=nan(len(gaps)),
+        gain_se=nan(len(gaps)),
+        ladder_lrs=ladder_lrs,
+        ladder_loss=nan(len(ladder_lrs)),
+        equivalent_lr_on_ladder=nan(len(decays)),
+        reasons=reasons,
+    )
 
 
 def _ema_predictions(fit: MultiscaleFit, decays: list, reasons: dict) -> tuple:
@@ -246,7 +256,17 @@ def predict_from_measurements(
     gains, gain_se = _gain_predictions(fit, meas, gap_list, reasons)
     rung_lrs, rungs, matched = _ladder_predictions(fit, meas, ladder_ages, losses, decays, reasons)
     return MeasuredPrediction(
-        fit, tuple(decays), tuple(map(float, lrs)), tuple(map(float, lr_se)), tuple(map(float, losses)),
-        tuple(map(float, loss_se)), tuple(gap_list), tuple(map(float, gains)), tuple(map(float, gain_se)),
-        tuple(rung_lrs), rungs, matched, reasons,
-    )  # fmt: skip
+        fit=fit,
+        ema_decays=tuple(decays),
+        equivalent_lr=tuple(map(float, lrs)),
+        equivalent_lr_se=tuple(map(float, lr_se)),
+        ema_loss=tuple(map(float, losses)),
+        ema_loss_se=tuple(map(float, loss_se)),
+        gaps=tuple(gap_list),
+        gain=tuple(map(float, gains)),
+        gain_se=tuple(map(float, gain_se)),
+        ladder_lrs=tuple(rung_lrs),
+        ladder_loss=rungs,
+        equivalent_lr_on_ladder=matched,
+        reasons=reasons,
+    )

@@ -252,13 +252,17 @@ def _shortest_steps(meas: RunMeasurements) -> float:
 
 
 def _profile_interval(problem: _Problem, u: np.ndarray, i: int, cost: float, scale: float, bounds) -> tuple:
-    """2-sigma profile interval of log h_i: grid values whose best cost is within 4 chi2/dof of the optimum.
+    """2-sigma profile interval of log h_i: values whose best cost is within 4 chi2/dof of the optimum.
+
+    Scans a coarse grid over the searched range and fine steps (0.3%..100% in log h) around h_i.
 
     Returns (low, high, hits_low, hits_high) in log curvature; hits_* flag an interval open at a bound.
     """
     grid = np.linspace(bounds[0], bounds[1], 41)
+    steps = np.array([0.003, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0])
+    local = np.clip(u[i] + np.concatenate([-steps, steps]), bounds[0], bounds[1])
     accepted = [u[i]]
-    for value in grid:
+    for value in np.concatenate([grid, local]):
         trial = u.copy()
         trial[i] = value
         if float(np.sum(problem.residual(trial) ** 2)) - cost <= 4.0 * scale:

@@ -300,7 +300,9 @@ def _simulate_from_start(
     shape = (seeds, d)
     x = np.broadcast_to(np.asarray(start, dtype=np.float64), shape).copy()
     x_prev = x.copy() if start_previous is None else np.broadcast_to(start_previous, shape).astype(float)
-    record = sorted({steps_value("record step", int(s)) for s in (record_steps or [steps])})
+    record = sorted(
+        {steps_value("record step", int(s)) for s in (record_steps if record_steps is not None else [steps])}
+    )
     if record and record[-1] > steps:
         raise ValueError(f"record_steps must be <= steps={steps}, got {record[-1]}")
     weights = {n: s.weights(steps) for n, s in specs.items()}
