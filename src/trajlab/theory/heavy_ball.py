@@ -213,3 +213,13 @@ def lr_drop_variance_ratio(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = (_state_cov(new_eps, mu)[:, 0, 0] + moved[..., 0, 0]) / _state_cov(eps, mu)[:, 0, 0]
     return np.where(eps > 0, ratio, 1.0)
+
+
+def relaxation_steps(lr: float, curvatures: np.ndarray, momentum: float) -> np.ndarray:
+    """-1 / ln max|z| of the heavy-ball roots: the e-folding time of the slowest mode, in steps."""
+    eps = lr * np.asarray(curvatures, dtype=np.float64)
+    phi = (1.0 + momentum - eps).astype(complex)
+    disc = np.sqrt(phi**2 - 4.0 * momentum)
+    modulus = np.maximum(np.abs(0.5 * (phi + disc)), np.abs(0.5 * (phi - disc)))
+    with np.errstate(divide="ignore"):
+        return np.where(modulus < 1.0, -1.0 / np.log(np.maximum(modulus, 1e-300)), np.inf)

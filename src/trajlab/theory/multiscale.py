@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from trajlab.theory._identify import group_reason, profile_interval
 from trajlab.theory._solvers import bounded_lstsq, levenberg_marquardt, numerical_jacobian
+from trajlab.theory.heavy_ball import relaxation_steps
 from trajlab.theory.measurements import (
     Channel,
     RunMeasurements,
@@ -26,16 +28,6 @@ from trajlab.theory.measurements import (
 )
 from trajlab.theory.nqm import NoisyQuadratic
 from trajlab.theory.spectrum import from_loss_weights
-
-
-def relaxation_steps(lr: float, curvatures: np.ndarray, momentum: float) -> np.ndarray:
-    """-1 / ln max|z| of the heavy-ball roots: the e-folding time of the slowest mode, in steps."""
-    eps = lr * np.asarray(curvatures, dtype=np.float64)
-    phi = (1.0 + momentum - eps).astype(complex)
-    disc = np.sqrt(phi**2 - 4.0 * momentum)
-    modulus = np.maximum(np.abs(0.5 * (phi + disc)), np.abs(0.5 * (phi - disc)))
-    with np.errstate(divide="ignore"):
-        return np.where(modulus < 1.0, -1.0 / np.log(np.maximum(modulus, 1e-300)), np.inf)
 
 
 @dataclass(frozen=True)
@@ -244,66 +236,6 @@ def _provisional_se(chans: list[Channel]) -> list[np.ndarray]:
     return out
 
 
-def _shortest_steps(meas: RunMeasurements) -> float:
-    spans = [*meas.two_point_gaps, *(k for k in meas.loss_autocov_lags if k > 0)]
-    spans += [*(k for k in meas.weight_autocov_lags if k > 0)]
-    spans += [b.ages.min() for b in meas.ladder if b.ages.size]
-    return float(min(spans)) if spans else 1.0
-
-
-def _profile_interval(problem: _Problem, u: np.ndarray, i: int, cost: float, scale: float, bounds) -> tuple:
-    """2-sigma profile interval of log h_i: values whose best cost is within 4 chi2/dof of the optimum.
-
-    Scans a coarse grid over the searched range and fine steps (0.3%..100% in log h) around h_i.
-
-    Returns (low, high, hits_low, hits_high) in log curvature; hits_* flag an interval open at a bound.
-    """
-    grid = np.linspace(bounds[0], bounds[1], 41)
-    steps = np.array([0.003, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0])
-    local = np.clip(u[i] + np.concatenate([-steps, steps]), bounds[0], bounds[1])
-    accepted = [u[i]]
-    for value in np.concatenate([grid, local]):
-        trial = u.copy()
-        trial[i] = value
-        if float(np.sum(problem.residual(trial) ** 2)) - cost <= 4.0 * scale:
-            accepted.append(value)
-    low, high = min(accepted), max(accepted)
-    # An upper end at the Hessian's top eigenvalue is a measured bound, not an open interval.
-    measured_top = problem.meas.hessian_top_eigenvalue is not None
-    return low, high, low <= grid[1], high >= grid[-2] and not measured_top
-
-
-def _group_reason(
-    i: int, u: np.ndarray, interval: tuple, amp: float, amp_se: float, meas: RunMeasurements
-) -> str | None:
-    if amp <= 0:
-        return (
-            "amplitude at its bound 0: the data need no loss weight at this timescale, so its curvature is "
-            "not determined (the group is shown only to report that)"
-        )
-    low, high, open_low, open_high = interval
-    taus = relaxation_steps(meas.lr, np.exp(np.array([low, u[i], high])), meas.momentum)
-    out = []
-    if open_low and open_high:
-        out.append("curvature not determined: every value in the searched range fits within 2 sigma")
-    elif open_high:
-        out.append(
-            f"only a lower bound on the curvature (h >= {np.exp(low):.3g}, relaxation <= {taus[0]:.3g} "
-            f"steps): the shortest gap/age measured ({_shortest_steps(meas):.3g} steps) sees the group "
-            "fully relaxed (a flat gain curve), so faster dynamics are not resolved"
-        )
-    elif open_low:
-        out.append(
-            f"only an upper bound on the curvature (h <= {np.exp(high):.3g}, relaxation >= {taus[2]:.3g} "
-            f"steps): slower than the measured horizon of {meas.horizon_steps:.3g} steps resolves"
-        )
-    elif high - low > 2.0:
-        out.append(f"curvature poorly determined: 2-sigma interval [{np.exp(low):.3g}, {np.exp(high):.3g}]")
-    if not np.isfinite(amp_se) or amp_se >= amp:
-        out.append(f"amplitude not determined: consistent with 0 (A = {amp:.3g} +- {amp_se:.3g})")
-    return "; ".join(out) or None
-
-
 def _covariance(problem: _Problem, u: np.ndarray, theta: np.ndarray, cost: float) -> tuple[np.ndarray, int]:
     j = u.size
     y_w = problem.y / problem.se
@@ -403,8 +335,8 @@ def _result(meas, problem, u, cost, bounds, notes, candidates) -> MultiscaleFit:
         amp, amp_var = float(theta[offset + i]), cov[j + offset + i, j + offset + i]
         amp_se = float(np.sqrt(amp_var)) if np.isfinite(amp_var) else float("nan")
         log_se = float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else float("nan")
-        interval = _profile_interval(problem, u, i, cost, max(1.0, cost / dof), bounds) if amp > 0 else None
-        reason = _group_reason(i, u, interval, amp, amp_se, meas)
+        interval = profile_interval(problem, u, i, cost, max(1.0, cost / dof), bounds) if amp > 0 else None
+        reason = group_reason(i, u, interval, amp, amp_se, meas)
         span = (float(np.exp(interval[0])), float(np.exp(interval[1]))) if interval else (np.nan, np.nan)
         groups.append(
             TimescaleGroup(float(h[i]), float(h[i] * log_se), span, float(taus[i]), amp, amp_se, reason)
