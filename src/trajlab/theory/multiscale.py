@@ -316,17 +316,23 @@ def fit_timescales(
     return _result(meas, problem, u, cost, bounds, notes, candidates)
 
 
+def _channel_chi2(problem: _Problem, resid: np.ndarray) -> dict:
+    """chi^2 and number of points per channel (and of the Rayleigh row) at the fitted parameters."""
+    out, offset = {}, 0
+    for c in problem.chans:
+        part = resid[offset : offset + c.values.size]
+        out[c.name] = {"chi2": float(part @ part), "points": int(c.values.size)}
+        offset += c.values.size
+    if resid.size > offset:
+        out["rayleigh"] = {"chi2": float(resid[offset:] @ resid[offset:]), "points": 1}
+    return out
+
+
 def _result(meas, problem, u, cost, bounds, notes, candidates) -> MultiscaleFit:
     j = u.size
     resid, theta = problem.solve(u)
     cov, dof = _covariance(problem, u, theta, cost)
-    per_channel, offset_rows = {}, 0
-    for c in problem.chans:
-        part = resid[offset_rows : offset_rows + c.values.size]
-        per_channel[c.name] = {"chi2": float(part @ part), "points": int(c.values.size)}
-        offset_rows += c.values.size
-    if resid.size > offset_rows:
-        per_channel["rayleigh"] = {"chi2": float(resid[offset_rows:] @ resid[offset_rows:]), "points": 1}
+    per_channel = _channel_chi2(problem, resid)
     offset = int(problem.columns[0])
     h = np.exp(u)
     taus = relaxation_steps(meas.lr, h, meas.momentum)
