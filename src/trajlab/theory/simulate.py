@@ -65,6 +65,7 @@ def simulate(
     seeds: int = 1,
     rules: Any = None,
     start: ArrayLike | None = None,
+    start_previous: ArrayLike | None = None,
     burn_in_steps: int | None = None,
     lags: Sequence[int] = (1,),
     memory_lags: Sequence[int] = (0, 1),
@@ -91,7 +92,10 @@ def simulate(
         steps: number of SGD steps.
         seeds: independent runs, simulated together.
         rules: None, a list of rules, or a dict name -> rule (or weights array).
-        start: initial displacement per direction (from-start mode), or None (stationary mode).
+        start: initial displacement per direction (from-start mode), or None (stationary mode); may be
+            (seeds, d) for one start per seed.
+        start_previous: the iterate before ``start`` (x_{-1}; from-start mode), default ``start`` (zero
+            velocity). A stationary draw with a rescaled step reproduces an lr drop in PyTorch's convention.
         burn_in_steps: steps discarded before averaging (stationary mode).
         lags: lags k of Cov(x_t, x_{t+k}) to estimate.
         memory_lags: lags k of the used-batch memory E[L_{B_t}(theta_{t+k}) - L_{B'}(theta_{t+k})].
@@ -114,7 +118,9 @@ def simulate(
         return _simulate_stationary(
             model, steps, seeds, specs, burn_in_steps, lags, memory_lags, rng, noise, chunk_steps, blocks
         )
-    return _simulate_from_start(model, steps, seeds, specs, start, record_steps, rng, noise, chunk_steps)
+    return _simulate_from_start(
+        model, steps, seeds, specs, start, start_previous, record_steps, rng, noise, chunk_steps
+    )
 
 
 def _run_chunk(
@@ -287,12 +293,16 @@ def _chunk_averages(specs: dict, ema_state: dict, full_x: np.ndarray, xs: np.nda
     return out
 
 
-def _simulate_from_start(model, steps, seeds, specs, start, record_steps, rng, noise, chunk_steps) -> dict:
+def _simulate_from_start(
+    model, steps, seeds, specs, start, start_previous, record_steps, rng, noise, chunk_steps
+) -> dict:
     d = model.dim
     shape = (seeds, d)
     x = np.broadcast_to(np.asarray(start, dtype=np.float64), shape).copy()
-    x_prev = x.copy()
-    record = sorted({steps_value("record step", int(s)) for s in (record_steps or [steps])})
+    x_prev = x.copy() if start_previous is None else np.broadcast_to(start_previous, shape).astype(float)
+    record = sorted(
+        {steps_value("record step", int(s)) for s in (record_steps if record_steps is not None else [steps])}
+    )
     if record and record[-1] > steps:
         raise ValueError(f"record_steps must be <= steps={steps}, got {record[-1]}")
     weights = {n: s.weights(steps) for n, s in specs.items()}
