@@ -23,6 +23,7 @@ FLOORS: dict[str, int] = {
     "models": 0,
     "theory": 0,
     "provenance": 0,
+    "version": 0,
     "config": 1,
     "train": 2,
     "trajectory": 3,

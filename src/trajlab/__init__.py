@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from trajlab.version import __version__
+
 __all__ = ["RecordedRun", "SeededAugmentation", "__version__", "record"]
 
 

@@ -79,15 +79,15 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
         import torch
 
-        import trajlab
         from trajlab.provenance import git_revision, source_digest
+        from trajlab.version import __version__
 
         git = git_revision()
         rev = "no git checkout"
         if git["revision"]:
             rev = f"git {git['revision']}{' (dirty)' if git['dirty'] else ''}"
         digest = source_digest()
-        emit(f"trajlab {trajlab.__version__} ({rev}; source sha256 {digest}; torch {torch.__version__})")
+        emit(f"trajlab {__version__} ({rev}; source sha256 {digest}; torch {torch.__version__})")
         parser.exit()
 
 

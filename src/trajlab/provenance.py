@@ -16,12 +16,15 @@ from typing import Any
 
 import torch
 
-import trajlab
+from trajlab.version import __version__
+
+# The package directory (this file sits in it), for the git revision and the source digest.
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def git_revision(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Git revision and dirty flag of the trajlab source tree (``None`` fields outside a checkout)."""
-    root = Path(path) if path else Path(trajlab.__file__).resolve().parent
+    root = Path(path) if path else _PACKAGE_DIR
     try:
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -53,7 +56,7 @@ def source_digest(path: str | os.PathLike | None = None) -> str:
     as the one long experiments run from so that edits to the checkout do not reach their workers). Two
     trees with the same files give the same digest wherever they are; ``__pycache__`` is ignored.
     """
-    root = Path(path) if path else Path(trajlab.__file__).resolve().parent
+    root = Path(path) if path else _PACKAGE_DIR
     h = hashlib.sha256()
     files = sorted(
         p
@@ -92,7 +95,7 @@ def provenance(
     import numpy
 
     return {
-        "trajlab": trajlab.__version__,
+        "trajlab": __version__,
         "git": git_revision(),
         "source_sha256": source_digest(),
         "python": sys.version.split()[0],

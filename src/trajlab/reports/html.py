@@ -35,7 +35,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import trajlab
 from trajlab.reports.averaging_sections import _averaging, _theory
 from trajlab.reports.claims_section import claims_section, is_claim
 from trajlab.reports.html_utils import Raw, esc
@@ -54,6 +53,7 @@ from trajlab.reports.run_results import (
     load_run,
 )
 from trajlab.reports.sections import _extra, _line_probes, _memory, _overview, _provenance, _training
+from trajlab.version import __version__
 
 __all__ = [
     "ANALYSIS_DIR",
@@ -139,7 +139,7 @@ def build_report(
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p class='note'>Generated {esc(created)} by trajlab {esc(trajlab.__version__)}"
+        f"<h1>{esc(title)}</h1><p class='note'>Generated {esc(created)} by trajlab {esc(__version__)}"
         " from result files only. Every figure and table cites its source as <code>R&lt;n&gt;:file</code>;"
         " the provenance section maps R&lt;n&gt; to its run directory, config, seed and code version.</p>"
         + "".join(parts)
