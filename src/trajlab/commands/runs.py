@@ -19,7 +19,11 @@ def register(sub: Any) -> None:
     q = runs_sub.add_parser("show", help="summary: steps covered, sizes, metrics head/tail")
     q.add_argument("run_dir")
     q.add_argument("--json", action="store_true")
-    q = runs_sub.add_parser("verify", help="check every file against its sha256; exit 1 on any damage")
+    q = runs_sub.add_parser(
+        "verify",
+        help="check every file against its sha256; exit 0 for a finished, undamaged run, 1 for damage or an "
+        "unfinished run",
+    )
     q.add_argument("run_dir")
     q = runs_sub.add_parser(
         "table", help="mean ± std over runs (e.g. seeds) of every evaluated model's test metric per eval step"
@@ -51,4 +55,4 @@ def cmd_runs(args: argparse.Namespace) -> int:
     report = verify_run(args.run_dir)
     for line in report.lines():
         emit(line)
-    return 0 if report.ok else EXIT_FAILED
+    return 0 if report.clean else EXIT_FAILED

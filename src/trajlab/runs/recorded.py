@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from trajlab.config import HostSettings, RunConfig
+from trajlab.objective import batch_to
 from trajlab.runs import build
+from trajlab.runs.recipe import RECIPE_FILE, Recipe, read_recipe
 from trajlab.runs.runner import RunDirError, load_run_config
-from trajlab.train.evaluate import evaluate_model
+from trajlab.runs.sources import EngineSource, LoopSource
 from trajlab.train.metrics import read_metrics
 
 BNChoice = Literal["recalibrated", "raw"]
@@ -40,13 +43,14 @@ class StepBatch:
         step: the step (>= 1) that used the batch.
         indices: int64 [global batch] training-set indices, in the order the step saw them.
         aug_seed: the augmentation seed of the step (``None`` when the run does not augment).
-        data: the batch as the loss consumes it: ``(x, y)``, float32 x [B, C, H, W], int64 y [B].
+        data: the batch as the loss consumes it: ``(x, y)`` (float32 x [B, C, H, W], int64 y [B]) for engine
+            runs; the loop's collated batch (tuple, dict, ...) for recorded loops.
     """
 
     step: int
     indices: Tensor
     aug_seed: int | None
-    data: Batch
+    data: Any
 
 
 @dataclass(frozen=True)
@@ -63,22 +67,26 @@ class Evaluation:
 
 
 class RecordedRun:
-    """A trajlab run directory, opened once.
+    """A recorded run directory, opened once: a trajlab-engine run (``config.json``) or a run recorded from
+    any loop by :func:`trajlab.record` (``recipe.json``).
 
     Args:
-        run_dir: the run directory (``config.json``; ``trajectory/`` when the run was recorded).
+        run_dir: the run directory.
         device: where the model, weights and batches live (``"auto"``: cuda if available, else cpu).
         host: where else to look for the data (:class:`~trajlab.config.HostSettings`).
-        bn_batches: default number of recalibration batches of :meth:`evaluate` (default: the run's
-            ``averaging.bn_batches``).
+        bn_batches: default number of recalibration batches of :meth:`evaluate` (default: the engine run's
+            ``averaging.bn_batches``, 50 for a recorded loop).
+        model, data, loss_fn, collate_fn: for a recorded loop, what to use instead of (or when it has none)
+            the recipe's factories: objects (a model, a dataset or ``(train, eval)``, a hook) or
+            ``module:function`` / ``script.py:function`` references.
 
     Raises:
-        RunDirError: not a run directory, or an unreadable ``config.json``.
+        RunDirError: not a run directory, or an unreadable ``config.json`` / ``recipe.json``.
 
     Example::
 
         run = RecordedRun("runs/fashion")
-        run.evaluate(run.snapshot_steps[-1])            # {"loss", "acc", "bn": "recalibrated"}
+        run.evaluate(run.snapshot_steps[-1])            # Evaluation(loss, acc, bn="recalibrated")
         x, y = run.batch(500)                           # exactly what step 500 trained on
         controls = run.heldout_batches(4)               # the held-out control batches
     """
@@ -90,12 +98,59 @@ class RecordedRun:
         device: torch.device | str = "cpu",
         host: HostSettings | None = None,
         bn_batches: int | None = None,
+        model: Any = None,
+        data: Any = None,
+        loss_fn: Any = None,
+        collate_fn: Any = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.config: RunConfig = load_run_config(self.run_dir)
         self.host = host or HostSettings()
         self.device = build.resolve_device(str(device))
-        self.bn_batches = int(bn_batches if bn_batches is not None else self.config.averaging.bn_batches)
+        self.config: RunConfig | None = None
+        self.recipe: Recipe | None = None
+        if (self.run_dir / RECIPE_FILE).is_file() and not (self.run_dir / "config.json").is_file():
+            try:
+                self.recipe = read_recipe(self.run_dir)
+                self.source: Any = LoopSource(
+                    self.recipe,
+                    self.run_dir,
+                    self.device,
+                    model=model,
+                    data=data,
+                    loss_fn=loss_fn,
+                    collate_fn=collate_fn,
+                )
+            except (ValueError, TypeError) as e:
+                raise RunDirError(str(e)) from None
+            default_bn = 50
+        else:
+            self.config = load_run_config(self.run_dir)
+            self.source = EngineSource(self.config, self.host, self.device)
+            default_bn = self.config.averaging.bn_batches
+        self.bn_batches = int(bn_batches if bn_batches is not None else default_bn)
+
+    @property
+    def kind(self) -> str:
+        """``"engine"`` (trained by trajlab) or ``"loop"`` (recorded from a user's loop)."""
+        return self.source.kind
+
+    def description(self) -> dict[str, Any]:
+        """The run's config (engine runs) or recipe (recorded loops), as a dict for result files."""
+        return self.source.description()
+
+    @property
+    def seed(self) -> int:
+        return self.source.seed
+
+    @property
+    def num_threads(self) -> int:
+        """The run's own thread budget (engine runs' ``train.num_threads``; 0 = none asked)."""
+        return self.source.num_threads
+
+    @property
+    def loss_fn(self) -> Any:
+        """The loss hook ``loss_fn(model, batch)`` probes and evaluations use."""
+        return self.source.require_loss() if hasattr(self.source, "require_loss") else self.source.loss_fn
 
     # ---- files -------------------------------------------------------------------------------------------
     @functools.cached_property
@@ -106,7 +161,7 @@ class RecordedRun:
         if not (self.run_dir / "trajectory").is_dir():
             raise RunDirError(
                 f"{self.run_dir} holds no trajectory (snapshots, batch log); record the run with "
-                "record.enabled=true"
+                "record.enabled=true (engine) or trajlab.record (your own loop)"
             )
         return TrajectoryStore(self.run_dir)
 
@@ -147,57 +202,57 @@ class RecordedRun:
         return rows if kind is None else [r for r in rows if r.get("kind") == kind]
 
     # ---- data and model ----------------------------------------------------------------------------------
-    @functools.cached_property
+    @property
     def train_data(self) -> Any:
-        """The training split as the run used it (subset included), loaded once."""
-        return build.build_train_data(self.config, self.host.data_dirs)
+        """The training dataset as the run used it, loaded once."""
+        return self.source.train_data()
 
-    @functools.cached_property
+    @property
     def test_data(self) -> Any:
-        """The test split as the run used it, loaded once."""
-        return build.build_test_data(self.config, self.host.data_dirs)
+        """The test (eval) dataset of the run, loaded once."""
+        return self.source.test_data()
 
     def new_model(self) -> nn.Module:
-        """A fresh copy of the run's architecture on :attr:`device` (weights are those of a seed-0 init)."""
-        torch.manual_seed(0)
-        model = build.build_model_for(self.config, self.train_data).to(self.device)
-        if self.config.model.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        """A fresh copy of the run's architecture on :attr:`device` (weights: a seed-0 init)."""
+        return self.source.new_model()
 
     @functools.cached_property
     def model(self) -> nn.Module:
-        """The run's model, built once; :meth:`load` puts a step's weights in it."""
+        """The run's model, built once; :meth:`load_weights` puts a step's weights in it."""
         model = self.new_model()
         if (self.run_dir / "trajectory").is_dir() and self.snapshot_steps:
             self.store.check_compatible(model)
         return model
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate step ``step`` was taken with (engine runs: the schedule; recorded loops: the
+        snapshot manifest and metrics rows, the last one at or before ``step``)."""
+        if self.config is not None:
+            return float(self._schedule(step))
+        known = {e.step: e.lr for e in self.store.manifest if e.step > 0}
+        known.update({int(r["step"]): float(r["lr"]) for r in self.metrics("train") if "lr" in r})
+        before = [s for s in known if s <= step]
+        if not before:
+            return float((self.recipe.optimizer if self.recipe else {}).get("lr", math.nan))
+        return known[max(before)]
+
     @functools.cached_property
-    def schedule(self) -> Any:
-        """The run's learning-rate schedule: ``schedule(step)`` is the lr of step ``step``."""
-        return build.build_schedule_for(self.config, build.total_steps_for(self.config, len(self.train_data)))
+    def _schedule(self) -> Any:
+        return self.source.schedule()
+
+    def schedule(self, step: int) -> float:
+        """Same as :meth:`lr_at`."""
+        return self.lr_at(step)
 
     @property
     def momentum(self) -> float:
-        """The heavy-ball momentum of the run's optimizer (0 for AdamW)."""
-        return float(self.config.optim.momentum) if self.config.optim.name == "sgd" else 0.0
+        """The heavy-ball momentum of the run's optimizer (0 for AdamW and other non-SGD optimizers)."""
+        return self.source.momentum
 
     @property
     def update_weight_decay(self) -> float:
         """The weight decay inside the update direction: SGD's coupled decay; 0 for AdamW (decoupled)."""
-        return float(self.config.optim.weight_decay) if self.config.optim.name == "sgd" else 0.0
-
-    @functools.cached_property
-    def _batches(self) -> build.DatasetBatches:
-        return build.DatasetBatches(
-            self.train_data,
-            self.config.data,
-            batch_size=self.config.train.batch_size,
-            seed=self.config.train.seed,
-            device=self.device,
-            channels_last=self.config.model.channels_last,
-        )
+        return self.source.update_weight_decay
 
     # ---- weights -----------------------------------------------------------------------------------------
     def weights(self, step: int) -> StateDict:
@@ -222,43 +277,28 @@ class RecordedRun:
     def batch_record(self, step: int) -> StepBatch:
         """The exact batch step ``step`` trained on: its indices, augmentation seed and tensors."""
         indices = self.store.batch_indices(step)
-        seed = self.store.aug_seed(step) if self.config.data.augment else None
-        data = self._batches.make(indices, seed)
-        return StepBatch(step, indices, seed, data)
+        seed = self.store.aug_seed(step)
+        return StepBatch(step, indices, seed if seed >= 0 else None, self.source.make_batch(indices, seed))
 
-    def batch(self, step: int, device: torch.device | str | None = None) -> Batch:
-        """``(x, y)``, the exact global batch step ``step`` trained on (same augmentation draws)."""
-        x, y = self.batch_record(step).data
-        return (x, y) if device is None else (x.to(device), y.to(device))
+    def batch(self, step: int, device: torch.device | str | None = None) -> Any:
+        """The exact global batch step ``step`` trained on (same augmentation draws), as the loss takes it:
+        ``(x, y)`` for engine runs, whatever the loop's collate function made for recorded loops."""
+        data = self.batch_record(step).data
+        return data if device is None else batch_to(data, device)
 
-    def heldout_batches(self, count: int, seed: int = 0) -> list[Batch]:
-        """The held-out control batches (:func:`trajlab.runs.build.heldout_batches`: test-set images at the
-        training batch size, through the training augmentation, never trained on)."""
-        return build.heldout_batches(
-            self.test_data,
-            self.config.data,
-            batch_size=self.config.train.batch_size,
-            count=count,
-            seed=seed,
-            device=self.device,
-            channels_last=self.config.model.channels_last,
-        )
+    def heldout_batches(self, count: int, seed: int = 0) -> list[Any]:
+        """The held-out control batches (engine runs: :func:`trajlab.runs.build.heldout_batches`; recorded
+        loops: eval-set batches of the training batch size from a fixed seeded order); never trained on."""
+        return self.source.heldout_batches(count, seed)
 
-    def recalibration_batches(self, count: int | None = None) -> Iterator[Batch]:
-        """The batches BatchNorm statistics are recomputed on: augmented training batches from a sampler
-        independent of the training order (the same ones the runner's online averages use)."""
-        return self._batches.recalibration_batches(self.bn_batches if count is None else count)
+    def recalibration_batches(self, count: int | None = None) -> Iterator[Any]:
+        """The batches BatchNorm statistics are recomputed on: training batches from a sampler independent
+        of the training order (for engine runs the ones the runner's online averages use)."""
+        return self.source.recalibration_batches(self.bn_batches if count is None else count)
 
-    def test_batches(self) -> Iterator[Batch]:
-        """The whole test set in order, unaugmented, at ``train.eval_batch_size``."""
-        from trajlab.data import iterate_eval
-
-        return iterate_eval(
-            self.test_data,
-            self.config.train.eval_batch_size,
-            device=self.device,
-            channels_last=self.config.model.channels_last,
-        )
+    def test_batches(self) -> Iterator[Any]:
+        """The whole test (eval) set in order, unaugmented."""
+        return self.source.test_batches()
 
     # ---- evaluation --------------------------------------------------------------------------------------
     def evaluate(
@@ -283,7 +323,6 @@ class RecordedRun:
         model = self.load_weights(weights)
         n = self.bn_batches if bn_batches is None else int(bn_batches)
         recal = self.recalibration_batches(n) if bn == "recalibrated" else None
-        used, metrics = evaluate_with_bn(
-            model, lambda m: evaluate_model(m, self.test_batches, device_type=self.device.type), recal, n
-        )
+        forward = None if self.kind == "engine" else self.loss_fn
+        used, metrics = evaluate_with_bn(model, self.source.evaluate, recal, n, forward=forward)
         return Evaluation(metrics["loss"], metrics["acc"], used)

@@ -54,6 +54,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     snapshots_checked: int = 0
     batch_steps_checked: int = 0
+    finished: bool | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -67,8 +68,13 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """No errors (warnings allowed)."""
+        """No errors (warnings allowed); the run may still be unfinished (see :attr:`clean`)."""
         return not self.errors
+
+    @property
+    def clean(self) -> bool:
+        """No errors and the run finished (``summary.json``): what ``trajlab runs verify`` calls OK."""
+        return self.ok and self.finished is not False
 
     def add(self, severity: str, kind: str, file: str, step: int | None, message: str) -> None:
         """Record a finding."""
@@ -76,11 +82,13 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         """Human-readable lines: a verdict, then one line per finding (errors first)."""
-        verdict = "OK" if self.ok else "DAMAGED"
+        verdict = "DAMAGED" if not self.ok else "OK" if self.clean else "UNFINISHED"
         head = (
             f"{verdict}: {self.run_dir}: {self.snapshots_checked} snapshots and {self.batch_steps_checked} "
             f"batch-log steps checked, {len(self.errors)} errors, {len(self.warnings)} warnings"
         )
+        if self.finished is False:
+            head += "; the run did not finish (no summary.json): resume it, or it is still running"
         return [head] + [p.line() for p in self.errors + self.warnings]
 
 
