@@ -82,7 +82,7 @@ class Recording(RecordingCore):
         skip, on_position = self._resume_position()
         seeds = (lambda n: mix_seed(self.seed, n) >> 2) if self.seeded else None
         sampler = LoggedBatchSampler(
-            loader.batch_sampler, self.drawn, skip=skip, seeds=seeds, first_batch=self.batches_drawn + skip
+            loader.batch_sampler, self.drawn, skip=skip, seeds=seeds, first_batch=self.batches_drawn
         )
         sampler.on_position = on_position
         if skip == 0:

@@ -143,17 +143,21 @@ class RecordingCore:
     def __enter__(self) -> Any:
         self._refuse_other_runs()
         state = self._latest_state() if self.opts["resume"] else None
+        # Killed before its first checkpoint: start again from step 0 over what was written (the same
+        # code writes the same files), instead of refusing the directory.
+        restart = state is None and (self.run_dir / "trajectory").is_dir()
+        resumed_at = int(state["step"]) if state is not None else 0 if restart else None
         self._make_callbacks()
         if self.dist.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_provenance(resumed_at=None if state is None else int(state["step"]))
-            if state is not None:
-                truncate_after(self.run_dir / "metrics.jsonl", int(state["step"]))
+            self._write_provenance(resumed_at=resumed_at)
+            if resumed_at is not None:
+                truncate_after(self.run_dir / "metrics.jsonl", resumed_at)
             self._sink = support.metrics_log(self.run_dir, self.opts["tensorboard"])
         if state is not None:
             self._load(state)
         ctx = self._context(self.step, [])
-        ctx.is_resumed_start = state is not None
+        ctx.is_resumed_start = resumed_at is not None
         self._call("on_train_start", ctx)
         self._hook = self.optimizer.register_step_post_hook(self._on_optimizer_step)
         self._open = True
@@ -329,7 +333,7 @@ class RecordingCore:
         loader = state["loader"]
         self.step = int(state["step"])
         self.epoch, self.batches_drawn = int(loader["epoch"]), int(loader["batches_drawn"])
-        self.batches_in_epoch = 0
+        self.batches_in_epoch = int(loader["batches_in_epoch"])  # the resumed pass skips these
         if loader["batches_in_epoch"] and loader["epoch_rng"] is not None:
             self.resume_point = {**loader, "rng_at_checkpoint": state["rng"]}
         self._metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
