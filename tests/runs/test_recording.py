@@ -191,3 +191,44 @@ def test_refusals_say_what_to_do(tmp_path) -> None:
     rec = trajlab.record(tmp_path / "y", model, opt)
     with pytest.raises(RecordingError, match="inside its with-block"):
         next(rec.batches(DataLoader(make_data()[0], batch_size=8)))
+
+
+def _torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "ddp_loop_worker.py"),
+        *args,
+    ]
+    env = {
+        **__import__("os").environ,
+        "PYTHONPATH": f"{HERE}:{HERE.parents[1] / 'src'}",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE, env=env)
+
+
+@pytest.mark.slow
+def test_ddp_recording_logs_the_global_batch(tmp_path) -> None:
+    proc = _torchrun(str(tmp_path / "run"), str(tmp_path / "seen"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    seen = [torch.load(tmp_path / f"seen.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    run = RecordedRun(tmp_path / "run")
+    assert run.batch_steps == list(range(1, len(seen[0]) + 1)) and len(seen[0]) == 2 * 8
+    for step, (a, b) in enumerate(zip(*seen), 1):
+        x, y = run.batch(step)
+        assert torch.equal(x, torch.cat([a[0], b[0]])) and torch.equal(y, torch.cat([a[1], b[1]])), step
+    assert verify_run(run.run_dir).clean and run.recipe.world_size == 2
+
+
+@pytest.mark.slow
+def test_ddp_a_write_error_on_rank0_stops_every_rank(tmp_path) -> None:
+    proc = _torchrun(str(tmp_path / "run"), str(tmp_path / "seen"), "3", timeout=120)
+    assert proc.returncode != 0
+    failed = [line for line in proc.stdout.splitlines() if "failed after" in line]
+    assert len(failed) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert all(float(line.split("after ")[1].split("s")[0]) < 30 for line in failed)
