@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from trajlab.objective import batch_size
 from trajlab.probes._functional import (
     Batch,
     CostLedger,
@@ -27,10 +28,9 @@ from trajlab.probes._functional import (
     FunctionalLoss,
     LossFn,
     Params,
-    batch_size,
-    check_batch,
     detached_buffers,
     detached_params,
+    prepare_batch,
     probe_mode,
     tree_dot,
     tree_norm,
@@ -88,9 +88,12 @@ def gradient_alignment(
 
     Args:
         model: any module (never mutated).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (a mean over the batch).
-        batches: the mini-batches to compare, in order (consecutive ones are correlated pairwise).
-        full_data: an iterable of ``(x, y)`` batches covering the full training set (one pass).
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar`` (a mean over the batch), or a
+            criterion for ``(x, y)`` batches (see :mod:`trajlab.objective`).
+        batches: the mini-batches to compare, in order (consecutive ones are correlated pairwise); any
+            batch shape the hook takes, moved to the model's device.
+        full_data: an iterable of batches covering the full training set (one pass); each is weighted by
+            its size (:func:`trajlab.objective.batch_size`).
         bn: ``"batch"`` (every batch normalised with its own statistics) or ``"running"``.
         noise_scale_hessian: also compute tr(H Sigma), G^T H G and B_noise (len(batches) + 1 quadratic
             forms, each an HVP per Hessian batch).
@@ -100,7 +103,7 @@ def gradient_alignment(
     Returns:
         A :class:`GradientAlignment`.
     """
-    batches = [check_batch(b, f"batches[{i}]") for i, b in enumerate(batches)]
+    batches = [prepare_batch(b, model, loss_fn, f"batches[{i}]") for i, b in enumerate(batches)]
     if len(batches) < 2:
         raise ValueError(f"gradient_alignment needs at least 2 mini-batches, got {len(batches)}")
     meter = CostMeter()
@@ -110,7 +113,7 @@ def gradient_alignment(
         full: Params | None = None
         full_loss, n_full, hess_data = 0.0, 0, []
         for i, fb in enumerate(full_data):
-            fb = check_batch(fb, f"full_data[{i}]")
+            fb = prepare_batch(fb, model, loss_fn, f"full_data[{i}]")
             loss, g = floss.value_and_grad(params, fb)
             n = batch_size(fb)
             full, full_loss, n_full = _accumulate(full, g, n), full_loss + loss * n, n_full + n
@@ -158,6 +161,6 @@ def _quadratic_forms(
     for v in vs:
         q = 0.0
         for b, n in data:
-            q += n * tree_dot(v, grad_and_hvp(floss, params, b, v, method)[2])
+            q += n * tree_dot(v, grad_and_hvp(floss, params, b, v, method).hvp)
         out.append(q / total)
     return out
