@@ -36,7 +36,7 @@ from trajlab.probes._functional import (
     tree_norm,
     tree_sub,
 )
-from trajlab.probes.curvature import DEFAULT_HVP_METHOD, HVPMethod, grad_and_hvp
+from trajlab.probes.curvature import DEFAULT_HVP_METHOD, HVPMethod, grad_and_hvp, hvps_with_kept_graph
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,17 @@ def gradient_alignment(
 def _quadratic_forms(
     floss: FunctionalLoss, params: Params, data: list[tuple[Batch, int]], vs: list[Params], method: HVPMethod
 ) -> list[float]:
-    """v^T H v for each v, H = sum_b n_b H_b / sum_b n_b over ``data`` (one HVP per (v, batch))."""
+    """v^T H v for each v, H = sum_b n_b H_b / sum_b n_b over ``data`` (one HVP per (v, batch)).
+
+    With the double-backward method each batch's gradient graph is built once for all the v.
+    """
     total = sum(n for _, n in data)
-    out = []
-    for v in vs:
-        q = 0.0
-        for b, n in data:
-            q += n * tree_dot(v, grad_and_hvp(floss, params, b, v, method).hvp)
-        out.append(q / total)
-    return out
+    q = [0.0] * len(vs)
+    for b, n in data:
+        if method == "double_backward":
+            hvs = hvps_with_kept_graph(floss, params, b, vs)
+        else:
+            hvs = [grad_and_hvp(floss, params, b, v, method).hvp for v in vs]
+        for i, (v, hv) in enumerate(zip(vs, hvs)):
+            q[i] += n * tree_dot(v, hv)
+    return [x / total for x in q]

@@ -56,7 +56,8 @@ class ProbeCallback(CallbackBase):
         schedule: ``schedule(step) -> bool``; overrides ``every_steps``.
         num_points: lr budget of the first (adaptive) profile.
         max_forwards: forward budget of the later profiles started from the previous lr*.
-        hvp: also compute the HVP curvature (about 2 more forward+backward passes per profile).
+        hvp: also compute the exact HVP curvature (it shares the gradient's backward; see BENCHMARKS.md
+            for its cost in forward+backward passes).
     """
 
     name = "probes"

@@ -14,16 +14,16 @@ one double backward; over ``data`` every HVP re-runs forward, backward and doubl
 (memory stays that of one batch).
 
 Relation to the paper's line probe. Along the batch gradient the line probe measures the best one-step
-learning rate lr* and the curvature h = g^T H g / |g|^2 <= lambda_max (:func:`line_profile`); for an
-exactly quadratic loss lr* = 1 / h. Gradient descent on a quadratic is stable only for lr < 2 /
-lambda_max, so lr* >= 1 / lambda_max, with equality when g lies in the top eigenvector: comparing
-lr* lambda_max with 1 (and the training lr with 2 / lambda_max) tells how much of the gradient sits in
-the sharpest directions. Full-batch training at a constant lr is known to drive lambda_max up to about
-2 / lr and hover there, the "edge of stability" (Cohen et al., 2021); with SGD the mini-batch lambda_max
-sits at or above the full-data one. h from the line probe is a Rayleigh quotient of the same Hessian,
-so lambda_min <= h <= lambda_max and h is close to tr(H)-weighted averages only when the gradient
-spreads over many eigen-directions; :func:`spectral_density` shows where the mass is. The noisy
-quadratic model fitted in :mod:`trajlab.theory` takes h as its curvature scale.
+learning rate lr* and the curvature h = g^T H g / |g|^2 (:func:`trajlab.probes.line_profile`); for an
+exactly quadratic batch loss lr* = 1 / h. h is a Rayleigh quotient of the Hessian measured here, so
+lambda_min <= h <= lambda_max and lr* lambda_max >= 1, with equality when g lies in the top eigenvector:
+lr* lambda_max says how much of the step's curvature comes from the sharpest directions, and the
+density says whether h sits among the outliers or in the bulk. Gradient descent on a quadratic is
+stable only for lr < 2 / lambda_max; full-batch training at a constant lr drives lambda_max up to about
+2 / lr and holds it there, the "edge of stability" (Cohen et al., 2021). The paper's observation that
+lr* is many times the training lr, read against 2 / lambda_max, places the training lr relative to that
+edge. The noisy quadratic model of :mod:`trajlab.theory` takes h as its curvature scale; the spectrum
+shows how far one h stands for the many h_i. See docs/probes.md.
 
 References:
     Lanczos 1950; Golub & Meurant, "Matrices, Moments and Quadrature" (2010) for stochastic Lanczos
