@@ -7,9 +7,12 @@ also given as a multiple of one forward+backward of the plain model on the batch
 
 * top-1 eigenvalue: ``top_eigenvalues(k=1)`` (Lanczos, residual <= 1e-3 |lambda|) vs PyHessian's
   ``hessian(...).eigenvalues(top_n=1)`` (power iteration, stops when two estimates differ by < 1e-3).
-* trace: ``hessian_trace`` (Hutchinson, stops at a 1% relative standard error, >= 10 samples) vs
-  PyHessian's ``trace()`` (stops when the running mean moves by < 1e-3, possibly after 2 samples, at most
-  100). A long Hutchinson run (``--reference-rtol``) is the reference both are compared with.
+* trace: ``hessian_trace`` with half of PyHessian's maximum budget (10 deflation steps + 40 samples =
+  50 HVPs) vs PyHessian's ``trace()`` (stops when the running mean moves by < 1e-3, possibly after 2
+  samples, at most 100 HVPs). On this Hessian one plain Hutchinson sample has a standard deviation of
+  ~1.5x the trace (the outliers carry ||H||_F), so neither reaches 2% at this budget: both are compared
+  with a long deflated run (``--reference-rtol``), and PyHessian's standard error is computed from the
+  samples it returns.
 * density: ``spectral_density`` (80 Lanczos steps); PyHessian's ``density()`` is called to record
   whether it runs (it calls ``torch.eig``, removed in torch 2.x).
 
@@ -99,9 +102,12 @@ def _run_pyhessian(ph, model, batch, what: str, seed: int) -> dict:
     if what == "top1":
         values, _ = h.eigenvalues(top_n=1)
         value = float(values[0])
-    else:
-        value = float(sum(h.trace()) / ph._trajlab_count[0])
-    return {"value": value, "time_s": time.perf_counter() - start, "hvps": ph._trajlab_count[0]}
+        return {"value": value, "time_s": time.perf_counter() - start, "hvps": ph._trajlab_count[0]}
+    samples = h.trace()
+    elapsed = time.perf_counter() - start
+    mean = statistics.fmean(samples)
+    se = statistics.stdev(samples) / len(samples) ** 0.5 if len(samples) > 1 else float("inf")
+    return {"value": mean, "time_s": elapsed, "hvps": ph._trajlab_count[0], "rel_std_error": se / abs(mean)}
 
 
 def _run_trajlab(model, batch, what: str, seed: int) -> dict:
@@ -113,7 +119,9 @@ def _run_trajlab(model, batch, what: str, seed: int) -> dict:
             "hvps": r.hvps,
             "residual": r.residuals[0],
         }
-    r = hessian_trace(model, F.cross_entropy, batch, bn="running", seed=seed)
+    r = hessian_trace(
+        model, F.cross_entropy, batch, bn="running", seed=seed, deflation_steps=10, max_samples=40
+    )
     return {"value": r.trace, "time_s": r.wall_time_s, "hvps": r.hvps, "rel_std_error": r.rel_std_error}
 
 
@@ -162,7 +170,9 @@ def _summary(rows: list[dict], ref: float) -> dict:
 
 def _references(model, batch, rtol: float) -> dict:
     top = top_eigenvalues(model, F.cross_entropy, batch, k=1, bn="running", tol=1e-6, max_iter=300, seed=99)
-    tr = hessian_trace(model, F.cross_entropy, batch, bn="running", rtol=rtol, max_samples=20000, seed=99)
+    tr = hessian_trace(
+        model, F.cross_entropy, batch, bn="running", rtol=rtol, max_samples=800, deflation_steps=20, seed=99
+    )
     logger.info(
         "reference: top-1 %s (residual %.2e), trace %s +- %s",
         top.eigenvalues,
@@ -176,6 +186,8 @@ def _references(model, batch, rtol: float) -> dict:
         "top1_residual": top.residuals[0],
         "trace_std_error": tr.std_error,
         "trace_samples": tr.samples,
+        "trace_hvps": tr.hvps,
+        "trace_time_s": tr.wall_time_s,
     }
 
 
@@ -206,7 +218,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=30)
-    parser.add_argument("--reference-rtol", type=float, default=0.003)
+    parser.add_argument("--reference-rtol", type=float, default=0.02)
     parser.add_argument("--out", default="benchmarks/results/spectrum.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
