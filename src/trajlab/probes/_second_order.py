@@ -71,10 +71,10 @@ class _ConvBackward(Function):
             d_gy = torch.convolution(a, w, None, stride, padding, dilation, False, zeros, groups)
         if big_a is not None:
             t = torch.convolution(x, big_a, None, stride, padding, dilation, False, zeros, groups)
-            d_gy = t if d_gy is None else d_gy + t
+            d_gy = t if d_gy is None else d_gy.add_(t)  # d_gy is a fresh tensor: add in place
         if beta is not None:
             shape, _ = _channel_view(gy)
-            d_gy = beta.view(shape).expand_as(gy) if d_gy is None else d_gy + beta.view(shape)
+            d_gy = beta.view(shape).expand_as(gy).clone() if d_gy is None else d_gy.add_(beta.view(shape))
         common = (stride, padding, dilation, False, zeros, groups)
         if a is not None and ctx.needs_input_grad[2]:
             d_w = torch.ops.aten.convolution_backward(gy, a, w, None, *common, [False, True, False])[1]
