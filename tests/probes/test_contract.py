@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import TinyCNN
+from trajlab.objective import supervised
 from trajlab.probes import (
     curvature_along,
     gradient_alignment,
@@ -91,7 +92,7 @@ def test_probe_restores_flags_on_error(cnn):
     model, batch, _ = cnn
     model = copy.deepcopy(model).train()
     with pytest.raises(RuntimeError):
-        line_profile(model, lambda out, y: out.sum() @ torch.zeros(3), batch)
+        line_profile(model, supervised(lambda out, y: out.sum() @ torch.zeros(3)), batch)
     assert all(m.training for m in model.modules())
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyCNN, mse
+from conftest import MSE, TinyCNN
 from trajlab.probes import (
     ProbeCallback,
     TrajectoryStore,
@@ -87,7 +87,7 @@ def test_gradient_alignment_closed_form_on_least_squares():
     model = nn.Linear(3, 1).double()
     xs = [torch.randn(10, 3, dtype=torch.float64, generator=g) for _ in range(4)]
     data = [(x, x.sum(1) + torch.randn(10, dtype=torch.float64, generator=g)) for x in xs]
-    r = gradient_alignment(model, mse, data[:3], data)
+    r = gradient_alignment(model, MSE, data[:3], data)
     x_all = torch.cat(xs)
     a = torch.cat([x_all, torch.ones(40, 1, dtype=torch.float64)], 1)
     h = a.T @ a / 40  # exact Hessian of the full least-squares loss

@@ -6,6 +6,10 @@ carries a :class:`CostLedger`. Typical use::
 
     profile = line_profile(model, F.cross_entropy, (x, y), eval_batches=[(x_test, y_test)])
     profile.lr_star, profile.one_step_fraction, profile.r2, profile.curvature_hvp
+
+``loss_fn`` is a loss hook ``loss_fn(model, batch) -> scalar`` for batches of any shape (tensor,
+tuple, dict), or a criterion such as ``F.cross_entropy`` for ``(x, y)`` batches (:mod:`trajlab.objective`).
+The Hessian spectrum (top eigenvalues, trace, density) is in :mod:`trajlab.probes.spectrum`.
 """
 
 from trajlab.probes._functional import CostLedger
@@ -30,6 +34,14 @@ from trajlab.probes.interpolation import (
 from trajlab.probes.line import LineProfile, QuadraticFit, line_profile
 from trajlab.probes.matrix import BatchMemory, LossMatrix, TrajectoryStore, batch_memory, loss_matrix
 from trajlab.probes.quadratic import fit_quadratic, parabola_from_slope, parabola_through, parabola_vertex
+from trajlab.probes.spectrum import (
+    HessianTrace,
+    SpectralDensity,
+    TopEigenvalues,
+    hessian_trace,
+    spectral_density,
+    top_eigenvalues,
+)
 
 __all__ = [
     "DEFAULT_HVP_METHOD",
@@ -38,11 +50,14 @@ __all__ = [
     "CostLedger",
     "Curvature",
     "GradientAlignment",
+    "HessianTrace",
     "Interpolation",
     "LineProfile",
     "LossMatrix",
     "ProbeCallback",
     "QuadraticFit",
+    "SpectralDensity",
+    "TopEigenvalues",
     "TrajectoryStore",
     "batch_memory",
     "curvature_along",
@@ -50,6 +65,7 @@ __all__ = [
     "distance_to_reference",
     "fit_quadratic",
     "gradient_alignment",
+    "hessian_trace",
     "hessian_vector_product",
     "interpolate",
     "lerp_state",
@@ -59,5 +75,7 @@ __all__ = [
     "parabola_through",
     "parabola_vertex",
     "recalibrate_bn",
+    "spectral_density",
     "state_distance",
+    "top_eigenvalues",
 ]

@@ -1,7 +1,8 @@
 """The functional core every probe shares: losses at arbitrary parameters, gradients, BN modes, costs.
 
 A probe never mutates the model. It reads detached views of the parameters and buffers once, evaluates
-the loss at ``theta + delta`` through :func:`torch.func.functional_call`, and hands buffer *copies* to
+the loss hook ``loss_fn(model, batch)`` (:mod:`trajlab.objective`) at ``theta + delta`` through
+:func:`torch.func.functional_call` on a two-line wrapper module, and hands buffer *copies* to
 every forward so that train-mode BatchNorm updates (``running_mean``, ``running_var``,
 ``num_batches_tracked``) land on throw-away tensors. Gradients come from :func:`torch.autograd.grad`
 on fresh leaves, so ``p.grad`` is never written. The only thing touched is each module's ``training``
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -20,12 +21,23 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from trajlab import objective
+from trajlab.objective import (
+    Batch,
+    Criterion,
+    LossHook,
+    SupervisedLoss,
+    as_loss_hook,
+    batch_to,
+    check_loss,
+    hook_hint,
+)
+
 # Concept aliases (optax-style): a parameter set and a direction in parameter space share the layout of
-# ``dict(model.named_parameters())``; a batch is the (inputs, targets) pair a loss_fn consumes.
+# ``dict(model.named_parameters())``; a batch is anything the loss hook consumes (trajlab.objective).
 Params = dict[str, Tensor]
 Direction = dict[str, Tensor]
-Batch = tuple[Tensor, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = LossHook | Criterion
 BNMode = Literal["batch", "running"]
 BN_MODES = ("batch", "running")
 
@@ -108,17 +120,33 @@ def detached_buffers(model: nn.Module) -> dict[str, Tensor]:
     return {n: b.detach() for n, b in model.named_buffers()}
 
 
+class _Objective(nn.Module):
+    """``forward(batch) = loss_fn(self.model, batch)``: lets ``functional_call`` substitute the model's
+    parameters and buffers (named ``"model.<name>"``) around any loss hook, without touching the model."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossHook) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "loss_fn", loss_fn)  # a plain attribute, never a registered submodule
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.loss_fn(self.model, batch)
+
+
 class FunctionalLoss:
-    """``loss(params, batch)`` for one model, BN mode and loss function, counted in a :class:`CostMeter`.
+    """``loss(params, batch)`` for one model, BN mode and loss hook, counted in a :class:`CostMeter`.
 
     Buffers are cloned for every call (a ResNet-20 has ~1.4k buffer elements: the copy is negligible
     next to a convolution), so train-mode BN's in-place running-stat updates never reach the model.
     Call it inside :func:`probe_mode`.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, meter: CostMeter, buffers: Mapping[str, Tensor]):
+    def __init__(
+        self, model: nn.Module, loss_fn: LossHook | Criterion, meter: CostMeter, buffers: Mapping[str, Tensor]
+    ):
         self.model = model
-        self.loss_fn = loss_fn
+        self.loss_fn = as_loss_hook(loss_fn)
+        self.objective = _Objective(model, self.loss_fn)
         self.meter = meter
         self.buffers = dict(buffers)
 
@@ -127,9 +155,19 @@ class FunctionalLoss:
 
     def __call__(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         """Scalar loss at ``params`` (graph kept iff params require grad). Not counted: callers count."""
-        x, y = batch
-        out = functional_call(self.model, ({**params}, self.buffer_copies()), (x,), strict=False)
-        return self.loss_fn(out, y)
+        return self.evaluate(params, self.buffer_copies(), batch)
+
+    def evaluate(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """``loss_fn(model, batch)`` with the model's parameters and buffers replaced (model names)."""
+        named = {f"model.{n}": p for n, p in params.items()}
+        named_buffers = {f"model.{n}": b for n, b in buffers.items()}
+        try:
+            out = functional_call(self.objective, (named, named_buffers), (batch,), strict=False)
+        except (TypeError, AttributeError) as err:
+            if not isinstance(self.loss_fn, SupervisedLoss) and hasattr(err, "add_note"):
+                err.add_note(hook_hint())
+            raise
+        return check_loss(out)
 
     @torch.no_grad()
     def forward(self, params: Mapping[str, Tensor], batch: Batch) -> float:
@@ -142,20 +180,27 @@ class FunctionalLoss:
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():
             loss = self(leaves, batch)
-            grads = torch.autograd.grad(loss, list(leaves.values()))
+            grads = torch.autograd.grad(
+                loss, list(leaves.values()), allow_unused=True, materialize_grads=True
+            )
         return float(loss.detach()), dict(zip(leaves.keys(), grads))
 
 
-def check_batch(batch: object, what: str = "batch") -> Batch:
-    if not (
-        isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)
-    ):
-        raise TypeError(f"{what} must be an (inputs, targets) pair of tensors, got {type(batch).__name__}")
-    return batch[0], batch[1]
+def check_batch(batch: object, what: str = "batch", loss_fn: object = None) -> Batch:
+    """A one-line TypeError unless ``batch`` is a batch ``loss_fn`` can take (see trajlab.objective)."""
+    return objective.check_batch(batch, what, None if loss_fn is None else as_loss_hook(loss_fn))
 
 
-def batch_size(batch: Batch) -> int:
-    return int(batch[0].shape[0])
+def model_device(model: nn.Module) -> torch.device | None:
+    """Where the model's parameters (else buffers) live; None for a module without tensors."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return None
+
+
+def prepare_batch(batch: object, model: nn.Module, loss_fn: object, what: str = "batch") -> Batch:
+    """Check ``batch`` for ``loss_fn`` and move it to the model's device."""
+    return batch_to(check_batch(batch, what, loss_fn), model_device(model))
 
 
 # --- small pytree-free helpers on name -> tensor dicts -----------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from trajlab.objective import batch_size
 from trajlab.probes._functional import (
     Batch,
     CostLedger,
@@ -27,16 +28,15 @@ from trajlab.probes._functional import (
     FunctionalLoss,
     LossFn,
     Params,
-    batch_size,
-    check_batch,
     detached_buffers,
     detached_params,
+    prepare_batch,
     probe_mode,
     tree_dot,
     tree_norm,
     tree_sub,
 )
-from trajlab.probes.curvature import DEFAULT_HVP_METHOD, HVPMethod, grad_and_hvp
+from trajlab.probes.curvature import DEFAULT_HVP_METHOD, HVPMethod, grad_and_hvp, hvps_with_kept_graph
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,12 @@ def gradient_alignment(
 
     Args:
         model: any module (never mutated).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (a mean over the batch).
-        batches: the mini-batches to compare, in order (consecutive ones are correlated pairwise).
-        full_data: an iterable of ``(x, y)`` batches covering the full training set (one pass).
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar`` (a mean over the batch), or a
+            criterion for ``(x, y)`` batches (see :mod:`trajlab.objective`).
+        batches: the mini-batches to compare, in order (consecutive ones are correlated pairwise); any
+            batch shape the hook takes, moved to the model's device.
+        full_data: an iterable of batches covering the full training set (one pass); each is weighted by
+            its size (:func:`trajlab.objective.batch_size`).
         bn: ``"batch"`` (every batch normalised with its own statistics) or ``"running"``.
         noise_scale_hessian: also compute tr(H Sigma), G^T H G and B_noise (len(batches) + 1 quadratic
             forms, each an HVP per Hessian batch).
@@ -100,7 +103,7 @@ def gradient_alignment(
     Returns:
         A :class:`GradientAlignment`.
     """
-    batches = [check_batch(b, f"batches[{i}]") for i, b in enumerate(batches)]
+    batches = [prepare_batch(b, model, loss_fn, f"batches[{i}]") for i, b in enumerate(batches)]
     if len(batches) < 2:
         raise ValueError(f"gradient_alignment needs at least 2 mini-batches, got {len(batches)}")
     meter = CostMeter()
@@ -110,7 +113,7 @@ def gradient_alignment(
         full: Params | None = None
         full_loss, n_full, hess_data = 0.0, 0, []
         for i, fb in enumerate(full_data):
-            fb = check_batch(fb, f"full_data[{i}]")
+            fb = prepare_batch(fb, model, loss_fn, f"full_data[{i}]")
             loss, g = floss.value_and_grad(params, fb)
             n = batch_size(fb)
             full, full_loss, n_full = _accumulate(full, g, n), full_loss + loss * n, n_full + n
@@ -152,12 +155,17 @@ def gradient_alignment(
 def _quadratic_forms(
     floss: FunctionalLoss, params: Params, data: list[tuple[Batch, int]], vs: list[Params], method: HVPMethod
 ) -> list[float]:
-    """v^T H v for each v, H = sum_b n_b H_b / sum_b n_b over ``data`` (one HVP per (v, batch))."""
+    """v^T H v for each v, H = sum_b n_b H_b / sum_b n_b over ``data`` (one HVP per (v, batch)).
+
+    With the double-backward method each batch's gradient graph is built once for all the v.
+    """
     total = sum(n for _, n in data)
-    out = []
-    for v in vs:
-        q = 0.0
-        for b, n in data:
-            q += n * tree_dot(v, grad_and_hvp(floss, params, b, v, method)[2])
-        out.append(q / total)
-    return out
+    q = [0.0] * len(vs)
+    for b, n in data:
+        if method == "double_backward":
+            hvs = hvps_with_kept_graph(floss, params, b, vs)
+        else:
+            hvs = [grad_and_hvp(floss, params, b, v, method).hvp for v in vs]
+        for i, (v, hv) in enumerate(zip(vs, hvs)):
+            q[i] += n * tree_dot(v, hv)
+    return [x / total for x in q]

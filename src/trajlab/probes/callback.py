@@ -5,9 +5,10 @@ B_t, along its own gradient, with held-out batches as the control, and appends o
 to ``path``. After the first profile each one starts from the previous lr* (``lr_guess``), so a probe
 costs about 8 forwards + 1 backward (+ the control forwards).
 
-The engine's context does not carry the batch tensors; the wiring passes ``batch_fn(ctx) -> (x, y)``
+The engine's context does not carry the batch tensors; the wiring passes ``batch_fn(ctx) -> batch``
 (e.g. rebuilding B_t from ``ctx.batch_indices`` and ``ctx.aug_seed``), or puts the batch in
-``ctx.extra["batch"]``, which the default ``batch_fn`` reads.
+``ctx.extra["batch"]``, which the default ``batch_fn`` reads. Batches may have any shape the loss hook
+takes (:mod:`trajlab.objective`); they are moved to the training device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from trajlab.objective import as_loss_hook, batch_to
 from trajlab.probes._functional import BN_MODES, Batch, LossFn, check_batch
 from trajlab.probes.line import line_profile
 from trajlab.train.callbacks import CallbackBase, StepContext
@@ -46,14 +48,16 @@ class ProbeCallback(CallbackBase):
         path: the JSON-lines file to append to (created with its parent directory; rank 0 only).
         every_steps: probe when ``step % every_steps == 0`` (or pass ``schedule``).
         heldout_batches: control batches (CPU is fine; moved to the training device).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar``, or a criterion for ``(x, y)`` batches
+            (see :mod:`trajlab.objective`).
         bn_modes: BN modes to profile, any of ``("batch", "running")``.
         weight_decay: coupled L2 coefficient included in the direction (0: plain gradient).
-        batch_fn: ``batch_fn(ctx) -> (x, y)`` returning B_t; default :func:`batch_from_extra`.
+        batch_fn: ``batch_fn(ctx) -> batch`` returning B_t; default :func:`batch_from_extra`.
         schedule: ``schedule(step) -> bool``; overrides ``every_steps``.
         num_points: lr budget of the first (adaptive) profile.
         max_forwards: forward budget of the later profiles started from the previous lr*.
-        hvp: also compute the HVP curvature (about 2 more forward+backward passes per profile).
+        hvp: also compute the exact HVP curvature (it shares the gradient's backward; see BENCHMARKS.md
+            for its cost in forward+backward passes).
     """
 
     name = "probes"
@@ -80,8 +84,10 @@ class ProbeCallback(CallbackBase):
             raise ValueError(f"bn_modes must be a non-empty subset of {BN_MODES}, got {list(bn_modes)}")
         self.path = Path(path)
         self.every_steps = every_steps
-        self.heldout = [check_batch(b, f"heldout_batches[{i}]") for i, b in enumerate(heldout_batches)]
-        self.loss_fn = loss_fn
+        self.loss_fn = as_loss_hook(loss_fn)
+        self.heldout = [
+            check_batch(b, f"heldout_batches[{i}]", self.loss_fn) for i, b in enumerate(heldout_batches)
+        ]
         self.bn_modes = tuple(bn_modes)
         self.weight_decay = weight_decay
         self.batch_fn = batch_fn
@@ -99,11 +105,8 @@ class ProbeCallback(CallbackBase):
     def on_step(self, ctx: StepContext) -> None:
         if ctx.rank != 0 or not self.should_probe(ctx.step):
             return
-        x, y = self.batch_fn(ctx)
-        batch = (x.to(ctx.device), y.to(ctx.device))
-        controls = {
-            f"heldout_{i}": (hx.to(ctx.device), hy.to(ctx.device)) for i, (hx, hy) in enumerate(self.heldout)
-        }
+        batch = batch_to(self.batch_fn(ctx), ctx.device)
+        controls = {f"heldout_{i}": batch_to(b, ctx.device) for i, b in enumerate(self.heldout)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for bn in self.bn_modes:
             guess = self.last_lr_star.get(bn)

@@ -1,30 +1,33 @@
 """Curvature along a direction by Hessian-vector products: c(v) = v^T H v / |v|^2.
 
-Three interchangeable HVP methods (tested equal to each other and to a finite-difference reference):
+Three HVP methods (tested equal to each other on smooth models):
 
-* ``"double_backward"``: reverse-over-reverse. g = dL/dtheta with ``create_graph=True``, then
-  Hv = d(g . v)/dtheta. When v is the batch's own gradient the first backward is shared, so gradient
-  and Hg come from one forward, one graph-keeping backward and one double backward.
-* ``"jvp"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``. Forward-mode
+* ``"double_backward"`` (the default): reverse-over-reverse, exact. g = dL/dtheta with
+  ``create_graph=True``, then Hv = d(g . v)/dtheta. The graph-keeping backward also returns g, so a
+  direction built from the gradient (v = g, or d = g + wd theta) costs one forward, one graph-keeping
+  backward and one double backward for loss, gradient and Hv together. Convolution and BatchNorm use
+  hand-derived double backwards (:mod:`trajlab.probes._second_order`), which cut ~1/4 of the time of
+  autograd's generic ones; see BENCHMARKS.md for the measured cost.
+* ``"jvp"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``, exact. Forward-mode
   AD is missing for some kernels (e.g. fused attention); use another method there.
 * ``"finite_difference"``: central differences of gradients, Hv ~= (g(theta + eps v) - g(theta - eps v)) /
-  (2 eps), with eps |v| = ``fd_rel_step`` * max(|theta|, 1) (error O(eps^2) from third derivatives).
-  Two plain backwards, works wherever a gradient does.
+  (2 eps), with eps |v| = ``fd_rel_step`` * max(|theta|, 1). Two plain backwards, works wherever a
+  gradient does, but it is *not* exact on piecewise-linear networks: when the pre-activation of a ReLU
+  unit crosses zero inside [-eps, eps], the jump in its slope adds jump / (2 eps) to the estimate. On
+  ReLU networks in float32 (eps = 1e-4 |theta|) g^T H g was off by more than 2% in 7 of 30 seeds (worst
+  +45%); ``tests/probes/test_curvature_accuracy.py`` checks that the default never is.
 
-ReLU networks: autograd HVPs return the almost-everywhere Hessian (ReLU'' = 0), while finite
-differences over a step eps also see the units whose pre-activation crosses zero. On ResNet-20 at
-initialisation the two differ by ~2% (g^T H g / |g|^2 = 15.03 vs 15.35); with smooth activations they
-agree to float precision. The line profile's fitted curvature, measured over a finite range, includes
-the kinks too.
-
-The default (:data:`DEFAULT_HVP_METHOD`) was chosen by ``benchmarks/bench_probes.py``.
+Autograd's Hessian of a ReLU network is the almost-everywhere Hessian (ReLU'' = 0): the curvature of the
+smooth piece theta lies in. The line profile's fitted curvature, measured over a finite range of lrs,
+includes the kinks on the way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,24 +40,36 @@ from trajlab.probes._functional import (
     FunctionalLoss,
     LossFn,
     Params,
-    check_batch,
     check_direction,
     detached_buffers,
     detached_params,
+    prepare_batch,
     probe_mode,
     tree_axpy,
     tree_dot,
     tree_norm,
 )
+from trajlab.probes._second_order import SecondOrderKernels
 
 HVPMethod = Literal["double_backward", "jvp", "finite_difference"]
 HVP_METHODS = ("double_backward", "jvp", "finite_difference")
-# Measured on ResNet-20 / batch 128 / CPU (benchmarks/results/probes.json), HVP time / (forward+backward):
-# finite_difference ~1.5-2x (given g), jvp ~4x, double_backward ~4.8x (gradient included).
-DEFAULT_HVP_METHOD: HVPMethod = "finite_difference"
+# Exact by default; finite differences are biased on ReLU networks (module docstring). Cost measured by
+# benchmarks/bench_probes.py (BENCHMARKS.md).
+DEFAULT_HVP_METHOD: HVPMethod = "double_backward"
+# A direction: given tensors, None for the gradient itself, or a function of the gradient (d = g + wd theta).
+DirectionSpec = Mapping[str, Tensor] | Callable[[Params], Mapping[str, Tensor]] | None
 
 
-def _check_method(method: str) -> None:
+class SecondOrder(NamedTuple):
+    """What :func:`grad_and_hvp` returns: loss (None if not computed), g (None if not needed), v, Hv."""
+
+    loss: float | None
+    grad: Params | None
+    direction: Direction
+    hvp: Params
+
+
+def check_method(method: str) -> None:
     if method not in HVP_METHODS:
         raise ValueError(f"hvp method must be one of {HVP_METHODS}, got {method!r}")
 
@@ -63,9 +78,9 @@ def fd_step(params: Mapping[str, Tensor], v: Mapping[str, Tensor], rel_step: flo
     """Finite-difference step eps with eps |v| = rel_step * max(|theta|, 1).
 
     rel_step defaults to 1e-4 in float32 and 1e-6 in float64 (1e-2 otherwise). Measured on ResNet-20
-    (|theta| ~ 44, float32): g^T H g / |g|^2 is stable to 0.1% for rel_step in [1e-4, 3e-4]; at 5e-3 (the
-    textbook cube root of machine epsilon) truncation error costs 7%, below 3e-5 rounding noise and
-    single ReLU kink crossings make it jitter by ~1%.
+    (|theta| ~ 44, float32): g^T H g / |g|^2 is stable to 0.1% for rel_step in [1e-4, 3e-4] at
+    initialisation; at 5e-3 (the textbook cube root of machine epsilon) truncation error costs 7%, below
+    3e-5 rounding noise and single ReLU kink crossings make it jitter by ~1%.
     """
     dtype = next(iter(params.values())).dtype
     if rel_step is None:
@@ -76,56 +91,113 @@ def fd_step(params: Mapping[str, Tensor], v: Mapping[str, Tensor], rel_step: flo
     return rel_step * max(tree_norm(params), 1.0) / v_norm
 
 
+def _resolve(v: DirectionSpec, grad: Params) -> Direction:
+    if v is None:
+        return grad
+    return dict(v(grad)) if callable(v) else dict(v)
+
+
 def grad_and_hvp(
     floss: FunctionalLoss,
     params: Params,
     batch: Batch,
-    v: Direction | None,
+    v: DirectionSpec,
     method: HVPMethod,
     grad: Params | None = None,
     fd_rel_step: float | None = None,
-) -> tuple[float | None, Params | None, Params]:
-    """Loss, gradient g and Hv at ``params``; ``v=None`` means v = g (the curvature along the gradient).
+    kernels: bool = True,
+) -> SecondOrder:
+    """Loss, gradient g, direction v and Hv at ``params``.
 
-    Pass ``grad`` when g is already known (it is reused and not recomputed, except by
-    ``double_backward`` along g, where the graph-keeping backward recomputes it at no extra pass).
+    Args:
+        floss: the functional loss (call inside :func:`probe_mode`).
+        params: where to differentiate.
+        batch: the batch of the loss.
+        v: the direction; None means v = g, a callable maps g to v (evaluated once g is known, so
+            ``double_backward`` shares its first backward with the gradient).
+        method: one of :data:`HVP_METHODS`.
+        grad: g when already known (``jvp`` and ``finite_difference`` then skip computing it).
+        fd_rel_step: see :func:`fd_step`.
+        kernels: use the cheap double backwards of :mod:`trajlab.probes._second_order` (benchmarks
+            compare against False).
 
     Returns:
-        ``(loss or None, g or None, Hv)``; loss is None when no plain forward was needed, g is None only
-        for ``finite_difference`` along a given ``v`` without ``grad`` (g(theta) itself is never needed).
+        A :class:`SecondOrder`; its grad is None only for ``finite_difference`` along a given ``v``
+        without ``grad`` (g(theta) itself is then never needed).
     """
-    _check_method(method)
-    meter = floss.meter
-    loss_value: float | None = None
+    check_method(method)
     if method == "double_backward":
-        meter.backwards += 1
-        meter.hvps += 1
-        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        with torch.enable_grad():
-            loss = floss(leaves, batch)
-            g = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
-            # v = g.detach() along the gradient: H g is d(g . sg(g))/dtheta, not d(|g|^2/2)/dtheta twice.
-            vs = [t.detach() for t in g] if v is None else [v[n] for n in leaves]
-            gv = sum((gi * vi).sum() for gi, vi in zip(g, vs))
-            hv = torch.autograd.grad(gv, list(leaves.values()))
-        loss_value = float(loss.detach())
-        return loss_value, {n: t.detach() for n, t in zip(leaves, g)}, dict(zip(leaves, hv))
-    if grad is None and v is None:
+        return _double_backward(floss, params, batch, v, kernels)
+    loss_value = None
+    if grad is None and (v is None or callable(v) or method == "jvp"):
         loss_value, grad = floss.value_and_grad(params, batch)
-    v = grad if v is None else v
-    meter.hvps += 1
+    vec = _resolve(v, grad) if grad is not None else dict(v)
+    floss.meter.hvps += 1
     if method == "jvp":
-        meter.backwards += 1  # one forward-over-reverse pass; its primal output is the gradient
+        floss.meter.backwards += 1  # one forward-over-reverse pass; its primal output is the gradient
         primals = {n: p.detach() for n, p in params.items()}
         grad_fn = torch.func.grad(lambda p: floss(p, batch))
-        g_out, hv = torch.func.jvp(grad_fn, (primals,), ({n: v[n] for n in primals},))
-        grad = grad if grad is not None else {n: t.detach() for n, t in g_out.items()}
-        return loss_value, grad, {n: t.detach() for n, t in hv.items()}
-    # Central differences need g(theta +- eps v) only; g(theta) is returned when known, else None.
-    eps = fd_step(params, v, fd_rel_step)
-    _, g_plus = floss.value_and_grad(tree_axpy(eps, v, params), batch)
-    _, g_minus = floss.value_and_grad(tree_axpy(-eps, v, params), batch)
-    return loss_value, grad, {n: (g_plus[n] - g_minus[n]) / (2 * eps) for n in params}
+        _, hv = torch.func.jvp(grad_fn, (primals,), ({n: vec[n] for n in primals},))
+        return SecondOrder(loss_value, grad, vec, {n: t.detach() for n, t in hv.items()})
+    # Central differences need g(theta +- eps v) only.
+    if tree_norm(vec) == 0:
+        return SecondOrder(loss_value, grad, vec, {n: torch.zeros_like(p) for n, p in params.items()})
+    eps = fd_step(params, vec, fd_rel_step)
+    _, g_plus = floss.value_and_grad(tree_axpy(eps, vec, params), batch)
+    _, g_minus = floss.value_and_grad(tree_axpy(-eps, vec, params), batch)
+    return SecondOrder(loss_value, grad, vec, {n: (g_plus[n] - g_minus[n]) / (2 * eps) for n in params})
+
+
+def _double_backward(
+    floss: FunctionalLoss, params: Params, batch: Batch, v: DirectionSpec, kernels: bool
+) -> SecondOrder:
+    """Forward, graph-keeping backward (-> g), then Hv = d(g . sg(v))/dtheta: g comes for free."""
+    floss.meter.backwards += 1
+    floss.meter.hvps += 1
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    mode = SecondOrderKernels() if kernels else contextlib.nullcontext()
+    with torch.enable_grad(), mode:
+        loss = floss(leaves, batch)
+        g = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        g = [torch.zeros_like(p) if t is None else t for t, p in zip(g, leaves.values())]
+        grad = {n: t.detach() for n, t in zip(leaves, g)}
+        vec = _resolve(v, grad)
+        # Along v = g the direction is held constant: Hg = d(g . sg(g))/dtheta, not d(|g|^2/2)/dtheta twice.
+        terms = [(t * vec[n].detach()).sum() for n, t in zip(leaves, g) if t.requires_grad]
+        hv = _grad_or_zeros(sum(terms) if terms else None, leaves)
+    return SecondOrder(float(loss.detach()), grad, vec, hv)
+
+
+def hvps_with_kept_graph(
+    floss: FunctionalLoss, params: Params, batch: Batch, vs: list[Mapping[str, Tensor]]
+) -> list[Params]:
+    """H v for several v at one batch: the graph of g is built once and each Hv is one double backward."""
+    floss.meter.backwards += 1
+    floss.meter.hvps += len(vs)
+    names = list(params)
+    leaves = [params[n].detach().requires_grad_(True) for n in names]
+    with torch.enable_grad(), SecondOrderKernels():
+        loss = floss(dict(zip(names, leaves)), batch)
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+    live = [(g, n) for g, n in zip(grads, names) if g is not None and g.requires_grad]
+    out = []
+    for v in vs:
+        if not live:
+            out.append({n: torch.zeros_like(p) for n, p in params.items()})
+            continue
+        hv = torch.autograd.grad(
+            [g for g, _ in live], leaves, [v[n] for _, n in live], retain_graph=True, allow_unused=True,
+            materialize_grads=True,
+        )  # fmt: skip
+        out.append(dict(zip(names, hv)))
+    return out
+
+
+def _grad_or_zeros(scalar: Tensor | None, leaves: Mapping[str, Tensor]) -> Params:
+    if scalar is None:  # the gradient does not depend on theta: H = 0
+        return {n: torch.zeros_like(p) for n, p in leaves.items()}
+    hv = torch.autograd.grad(scalar, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaves, hv))
 
 
 @dataclass(frozen=True)
@@ -174,21 +246,23 @@ def hessian_vector_product(
 
     Args:
         model: any module; its parameters define theta.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-        batch: ``(inputs, targets)``.
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar`` (or a criterion, see
+            :mod:`trajlab.objective`).
+        batch: a tensor, tuple/list or dict batch (moved to the model's device).
         vector: ``{name: tensor}`` with the shapes of ``model.named_parameters()``.
         bn: ``"batch"`` (train-mode BN statistics) or ``"running"`` (eval-mode BN).
-        method: one of :data:`HVP_METHODS`.
+        method: one of :data:`HVP_METHODS` (default: exact double backward).
 
     Returns:
         ``{name: (H v)[name]}``.
     """
-    batch = check_batch(batch)
+    batch = prepare_batch(batch, model, loss_fn)
+    check_method(method)
     params = detached_params(model)
     v = check_direction(vector, params)
     with probe_mode(model, bn):
         floss = FunctionalLoss(model, loss_fn, CostMeter(), detached_buffers(model))
-        return grad_and_hvp(floss, params, batch, v, method)[2]
+        return grad_and_hvp(floss, params, batch, v, method).hvp
 
 
 def curvature_along(
@@ -207,29 +281,33 @@ def curvature_along(
 
     Args:
         model: any module (never mutated).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-        batch: ``(inputs, targets)``.
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar`` (or a criterion, see
+            :mod:`trajlab.objective`).
+        batch: a tensor, tuple/list or dict batch (moved to the model's device).
         direction: ``{name: tensor}`` or None for the batch gradient.
         bn: ``"batch"`` or ``"running"`` BatchNorm statistics.
-        method: one of :data:`HVP_METHODS`.
+        method: one of :data:`HVP_METHODS`; the default (exact double backward) computes loss, g and Hv
+            in one pass.
 
     Returns:
         A :class:`Curvature`.
     """
-    batch = check_batch(batch)
+    batch = prepare_batch(batch, model, loss_fn)
+    check_method(method)
     params = detached_params(model)
     v = None if direction is None else check_direction(direction, params)
     meter = CostMeter()
+    loss, g = None, None
     with probe_mode(model, bn):
         floss = FunctionalLoss(model, loss_fn, meter, detached_buffers(model))
-        loss, g = (None, None) if method == "double_backward" else floss.value_and_grad(params, batch)
-        loss_hvp, g, hv = grad_and_hvp(floss, params, batch, v, method, grad=g)
-    loss = loss if loss is not None else loss_hvp
-    v = g if v is None else v
-    return _curvature_result(g, v, hv, loss, method, bn, meter.ledger())
+        if method != "double_backward":  # g is needed for g . v; double backward returns it anyway
+            loss, g = floss.value_and_grad(params, batch)
+        res = grad_and_hvp(floss, params, batch, v, method, grad=g)
+    loss = res.loss if res.loss is not None else loss
+    return _curvature_result(res.grad, res.direction, res.hvp, loss, method, bn, meter.ledger())
 
 
-def _curvature_result(g, v, hv, loss, method, bn, cost) -> Curvature:
+def _curvature_result(g, v, hv, loss, method, bn, cost: CostLedger) -> Curvature:
     q = tree_dot(v, hv)
     v_norm = tree_norm(v)
     gv = tree_dot(g, v)

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trajlab.objective import as_loss_hook, batch_size, batch_to
 from trajlab.probes._functional import (
     Batch,
     CostLedger,
     CostMeter,
     FunctionalLoss,
     LossFn,
-    batch_size,
-    check_batch,
     check_bn_mode,
     is_batch_norm,
+    prepare_batch,
     probe_mode,
 )
 
@@ -73,11 +73,13 @@ def interpolate(
         state_a: state dict at t = 0.
         state_b: state dict at t = 1.
         ts: positions on the line (default ``linspace(0, 1, 11)``).
-        data: one ``(x, y)`` batch or an iterable of them (re-iterated for every t: pass a list).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+        data: one batch (a tensor, tuple or dict) or a list/iterable of batches (materialised once; the
+            loss is their size-weighted mean).
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar``, or a criterion for ``(x, y)`` batches
+            (see :mod:`trajlab.objective`).
         buffers: ``"interpolate"`` or ``"recalibrate"`` (see the module docstring).
         bn: ``"running"`` (eval-mode BN with the buffers) or ``"batch"`` (batch statistics).
-        recalibration_data: inputs (or ``(x, y)`` batches) for ``buffers="recalibrate"``.
+        recalibration_data: batches for ``buffers="recalibrate"`` (see :func:`recalibrate_bn`).
 
     Returns:
         An :class:`Interpolation`.
@@ -90,7 +92,11 @@ def interpolate(
             'buffers="recalibrate" needs recalibration_data (training inputs to recompute BN stats)'
         )
     ts = [float(t) for t in (np.linspace(0, 1, 11) if ts is None else ts)]
-    data = [check_batch(data)] if isinstance(data, tuple) else [check_batch(b, "data item") for b in data]
+    single = isinstance(data, (Tensor, tuple, Mapping))
+    items = [data] if single else list(data)
+    data = [prepare_batch(b, model, loss_fn, "data" if single else f"data[{i}]") for i, b in enumerate(items)]
+    if not data:
+        raise ValueError("data holds no batches")
     recal = None if recalibration_data is None else list(recalibration_data)
     param_names = [n for n, _ in model.named_parameters()]
     buffer_names = [n for n, _ in model.named_buffers()]
@@ -103,7 +109,7 @@ def interpolate(
     for t in ts:
         state = lerp_state(state_a, state_b, t)
         if buffers == "recalibrate":
-            state.update(recalibrate_bn(model, state, recal))
+            state.update(recalibrate_bn(model, state, recal, loss_fn=loss_fn))
             meter.forwards += len(recal)
         with probe_mode(model, bn):
             floss = FunctionalLoss(model, loss_fn, meter, {n: state[n] for n in buffer_names})
@@ -127,12 +133,21 @@ def lerp_state(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], t: 
 
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module, state: Mapping[str, Tensor], data: Iterable[Tensor | Batch]
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    data: Iterable[Tensor | Batch],
+    *,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, Tensor]:
     """BatchNorm running statistics of ``state`` recomputed on ``data`` (cumulative average).
 
     Runs on a deep copy of ``model`` (BN momentum set to None there, train mode), so the caller's model
-    is untouched. Returns only the BN buffers.
+    is untouched. Each item of ``data`` is fed as: a tensor -> ``model(x)``; with ``loss_fn`` ->
+    ``loss_fn(model, batch)`` (any batch shape, the loss is discarded); without it, a tuple or list ->
+    ``model(batch[0])``.
+
+    Returns:
+        Only the BN buffers, ``{name: tensor}``.
     """
     work = copy.deepcopy(model)
     work.load_state_dict(dict(state))
@@ -141,9 +156,20 @@ def recalibrate_bn(
         m.reset_running_stats()
         m.momentum = None
     work.train()
-    for item in data:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        work(x)
+    hook = None if loss_fn is None else as_loss_hook(loss_fn)
+    device = next((t.device for t in work.parameters()), None)
+    for i, item in enumerate(data):
+        item = batch_to(item, device)
+        if isinstance(item, Tensor):
+            work(item)
+        elif hook is not None:
+            hook(work, item)
+        elif isinstance(item, (tuple, list)) and item:
+            work(item[0])
+        else:
+            raise TypeError(
+                f"recalibration data[{i}] is a {type(item).__name__}: pass loss_fn to feed such batches"
+            )
     names = {id(m): n for n, m in work.named_modules()}
     out = {}
     for m in bns:

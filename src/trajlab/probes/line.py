@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,11 +33,11 @@ from trajlab.probes._functional import (
     FunctionalLoss,
     LossFn,
     Params,
-    check_batch,
     check_direction,
     detached_buffers,
     detached_params,
     is_batch_norm,
+    prepare_batch,
     probe_mode,
     tree_axpy,
     tree_dot,
@@ -160,8 +160,7 @@ class _Line:
             buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in floss.buffers.items()}
 
             def one(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-                y_hat = torch.func.functional_call(floss.model, (p, b), (batch[0],), strict=False)
-                return floss.loss_fn(y_hat, batch[1])
+                return floss.evaluate(p, b, batch)
 
             values = torch.func.vmap(one)(stacked, buffers)  # [k]
             floss.meter.forwards += k
@@ -284,13 +283,14 @@ def line_profile(
 
     Args:
         model: any module.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (mean over the batch).
-        batch: ``(inputs, targets)`` defining L_B.
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar`` (the mean over the batch), or a
+            criterion such as ``F.cross_entropy`` for ``(x, y)`` batches (see :mod:`trajlab.objective`).
+        batch: the batch defining L_B: a tensor, tuple/list or dict (moved to the model's device).
         lrs: a fixed grid (positive); None for an adaptive grid.
         direction: ``{name: tensor}`` to move along instead of the gradient (e.g. the update actually
             taken, or a full-batch gradient). weight_decay is then ignored.
         eval_batches: control batches evaluated along the same line (``{name: batch}`` or a list, named
-            ``"control_0"``, ...).
+            ``"control_0"``, ...; a single dict batch of tensors is one control).
         bn: ``"batch"`` (BN batch statistics, as in the training step; running stats untouched) or
             ``"running"`` (eval-mode BN).
         weight_decay: coupled L2 coefficient added to the gradient direction (the SGD update direction).
@@ -301,7 +301,8 @@ def line_profile(
         fit_width: the quadratic is fitted on [0, fit_width * lr*].
         evaluate_at_star: measure f(lr*) with one more forward when lr* was interpolated.
         hvp: also compute d^T H d by an HVP (see :mod:`trajlab.probes.curvature` for the cost).
-        hvp_method: ``"finite_difference"``, ``"double_backward"`` or ``"jvp"``.
+        hvp_method: ``"double_backward"`` (default, exact; shares its backward with the gradient), ``"jvp"``
+            (exact) or ``"finite_difference"`` (biased on ReLU networks, see :mod:`trajlab.probes.curvature`).
         evaluation: ``"loop"`` (one forward per lr) or ``"vmap"`` (``torch.func.vmap`` over stacked
             parameter sets, ``vmap_chunk_size`` at a time); equal results, see the benchmark for speed.
         vmap_chunk_size: parameter sets per vmap call (memory grows linearly with it).
@@ -309,8 +310,8 @@ def line_profile(
     Returns:
         A :class:`LineProfile`.
     """
-    batch = check_batch(batch)
-    controls = _named_controls(eval_batches)
+    batch = prepare_batch(batch, model, loss_fn)
+    controls = _named_controls(eval_batches, model, loss_fn)
     _check_args(lrs, num_points, max_forwards, fit_width, evaluation, lr_guess, vmap_chunk_size)
     meter = CostMeter()
     params = detached_params(model)
@@ -318,11 +319,7 @@ def line_profile(
         logger.debug("vmap with train-mode BatchNorm: buffers are stacked per lr")
     with probe_mode(model, bn):
         floss = FunctionalLoss(model, loss_fn, meter, detached_buffers(model))
-        f0, g = floss.value_and_grad(params, batch)
-        if direction is None:
-            d = tree_axpy(weight_decay, params, g) if weight_decay else g
-        else:
-            d = check_direction(direction, params)
+        f0, g, d, hd = _gradient_and_direction(floss, params, batch, direction, weight_decay, hvp, hvp_method)
         g_dot_d = tree_dot(g, d)
         slope0 = -g_dot_d
         line = _Line(floss, params, d, evaluation, vmap_chunk_size)
@@ -349,8 +346,7 @@ def line_profile(
         xs = sorted(pts)
         control_losses = {name: tuple(line.losses(xs, cb)) for name, cb in controls.items()}
         curv_hvp, lr_star_hvp = math.nan, math.nan
-        if hvp and tree_norm(d) > 0:
-            _, _, hd = grad_and_hvp(floss, params, batch, d, hvp_method, grad=g)
+        if hd is not None and tree_norm(d) > 0:
             q = tree_dot(d, hd)
             curv_hvp = q / tree_dot(d, d)
             lr_star_hvp = g_dot_d / q if q > 0 else math.nan
@@ -388,6 +384,37 @@ def line_profile(
     )
 
 
+def _gradient_and_direction(
+    floss: FunctionalLoss,
+    params: Params,
+    batch: Batch,
+    direction: Mapping[str, Tensor] | None,
+    weight_decay: float,
+    hvp: bool,
+    hvp_method: HVPMethod,
+) -> tuple[float, Params, Params, Params | None]:
+    """f(0), g, the direction d (g + wd theta, or the given one) and Hd (None without ``hvp``).
+
+    With the default double-backward HVP the gradient comes out of the HVP's own graph-keeping
+    backward, so f(0), g and Hd cost one forward, one backward and one double backward together.
+    """
+    if direction is not None:
+        d_of: Mapping[str, Tensor] | Callable[[Params], Params] = check_direction(direction, params)
+    elif weight_decay:
+        d_of = lambda g: tree_axpy(weight_decay, params, g)  # noqa: E731
+    else:
+        d_of = lambda g: g  # noqa: E731
+    if hvp:
+        res = grad_and_hvp(floss, params, batch, d_of, hvp_method)
+        if res.loss is None:  # finite differences along a given direction do not compute g
+            f0, g = floss.value_and_grad(params, batch)
+        else:
+            f0, g = res.loss, res.grad
+        return f0, g, res.direction, res.hvp
+    f0, g = floss.value_and_grad(params, batch)
+    return f0, g, (d_of(g) if callable(d_of) else dict(d_of)), None
+
+
 def _fit(xs: list[float], losses: list[float], lr_star: float, fit_width: float) -> QuadraticFit:
     mask = fit_window(xs, losses, lr_star, fit_width) if lr_star > 0 else np.ones(len(xs), dtype=bool)
     x_fit = np.asarray(xs)[mask]
@@ -399,12 +426,25 @@ def _fit(xs: list[float], losses: list[float], lr_star: float, fit_width: float)
     return QuadraticFit(a, b, c, r2, float(x_fit.min()), float(x_fit.max()), int(mask.sum()))
 
 
-def _named_controls(eval_batches: Mapping[str, Batch] | Sequence[Batch] | None) -> dict[str, Batch]:
+def _named_controls(
+    eval_batches: Mapping[str, Batch] | Sequence[Batch] | None, model: nn.Module, loss_fn: LossFn
+) -> dict[str, Batch]:
+    """Control batches by name. A mapping whose values are all batches is ``{name: batch}``; any other
+    mapping is one dict batch, named ``"control_0"``."""
     if eval_batches is None:
         return {}
+    if isinstance(eval_batches, Mapping) and not _is_named_batches(eval_batches):
+        eval_batches = [eval_batches]
     if isinstance(eval_batches, Mapping):
-        return {str(k): check_batch(v, f"eval_batches[{k!r}]") for k, v in eval_batches.items()}
-    return {f"control_{i}": check_batch(b, f"eval_batches[{i}]") for i, b in enumerate(eval_batches)}
+        items = [(str(k), v, f"eval_batches[{k!r}]") for k, v in eval_batches.items()]
+    else:
+        items = [(f"control_{i}", b, f"eval_batches[{i}]") for i, b in enumerate(eval_batches)]
+    return {name: prepare_batch(b, model, loss_fn, what) for name, b, what in items}
+
+
+def _is_named_batches(mapping: Mapping) -> bool:
+    """``{name: batch}`` (values are tuples, lists or dicts) rather than one dict batch of tensors."""
+    return len(mapping) > 0 and all(isinstance(v, (tuple, list, Mapping)) for v in mapping.values())
 
 
 def _check_args(lrs, num_points, max_forwards, fit_width, evaluation, lr_guess, chunk) -> None:

@@ -23,8 +23,8 @@ from trajlab.probes._functional import (
     CostMeter,
     FunctionalLoss,
     LossFn,
-    check_batch,
     check_bn_mode,
+    prepare_batch,
     probe_mode,
 )
 
@@ -39,7 +39,7 @@ class TrajectoryStore(Protocol):
         self, step: int, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> dict[str, Tensor]: ...
 
-    def batch(self, step: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]: ...
+    def batch(self, step: int, device: torch.device | None = None) -> Batch: ...
 
     def batch_indices(self, step: int) -> Tensor: ...
 
@@ -88,12 +88,13 @@ def loss_matrix(
 
     Args:
         store: a :class:`TrajectoryStore`.
-        batches: an int u means the training batch B_u (``store.batch(u)``, used at step u); an
-            ``(x, y)`` pair is a held-out batch. A mapping names them; a sequence names held-out ones
-            ``"heldout_<i>"``.
+        batches: an int u means the training batch B_u (``store.batch(u)``, used at step u); anything
+            else is a held-out batch (a tensor, tuple/list or dict the hook takes). A mapping names them; a
+            sequence names held-out ones ``"heldout_<i>"``.
         steps: checkpoints to evaluate (default: all of ``store.steps()``).
         model_factory: builds the architecture (weights are ignored: the state dict is passed in).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+        loss_fn: the loss hook ``loss_fn(model, batch) -> scalar``, or a criterion for ``(x, y)`` batches
+            (see :mod:`trajlab.objective`).
         bn: ``"batch"`` or ``"running"`` BatchNorm statistics.
         device: where to evaluate (default: CPU).
 
@@ -108,21 +109,20 @@ def loss_matrix(
         raise ValueError(
             f"steps {missing[:5]} are not in the store (it holds {available[:3]}...{available[-3:]})"
         )
+    model = model_factory()
+    if device is not None:
+        model = model.to(device)
     items = batches.items() if isinstance(batches, Mapping) else enumerate(batches)
     names, used_at, data = [], [], []
     for key, b in items:
         if isinstance(b, int):
             names.append(str(key) if isinstance(batches, Mapping) else f"step_{b}")
             used_at.append(b)
-            data.append(check_batch(store.batch(b, device=device), f"store.batch({b})"))
+            data.append(prepare_batch(store.batch(b, device=device), model, loss_fn, f"store.batch({b})"))
         else:
             names.append(str(key) if isinstance(batches, Mapping) else f"heldout_{key}")
             used_at.append(None)
-            x, y = check_batch(b, f"batches[{key!r}]")
-            data.append((x.to(device) if device else x, y.to(device) if device else y))
-    model = model_factory()
-    if device is not None:
-        model = model.to(device)
+            data.append(prepare_batch(b, model, loss_fn, f"batches[{key!r}]"))
     meter = CostMeter()
     cols = []
     with probe_mode(model, bn):
