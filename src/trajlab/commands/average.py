@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from trajlab.commands.io import UsageError, command_line, emit, host_of
+from trajlab.commands.io import UsageError, add_run_flags, command_line, emit, host_of, open_run
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +86,19 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON (with provenance) to FILE")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_run_flags(p)
     p.set_defaults(func=cmd_average)
 
 
 def cmd_average(args: argparse.Namespace) -> int:
     """Handler of ``trajlab average``: plan (all checks), then one streaming pass, then evaluation."""
-    from trajlab.runs import RecordedRun
-
     if args.bn_batches < 1:
         raise UsageError(f"--bn-batches must be >= 1, got {args.bn_batches}")
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"--out {args.out} exists; choose another file or pass --overwrite")
     host = host_of(args)
-    run = RecordedRun(args.run_dir, device=args.device, host=host, bn_batches=args.bn_batches)
-    host.apply_threads(run.config.train.num_threads)  # the run's own thread budget (shared machines)
+    run = open_run(args, device=args.device, bn_batches=args.bn_batches)
+    host.apply_threads(run.num_threads)  # the run's own thread budget (shared machines)
     stored = run.snapshot_steps
     if not stored:
         raise UsageError(f"{args.run_dir} has no stored snapshots; record the run with record.enabled=true")
@@ -246,9 +245,9 @@ def _document(
         "bn_batches": args.bn_batches,
         "rules": [rule.name for rule in rules],
         "rows": rows,
-        "run_config": run.config.to_dict(),
+        "run_config": run.description(),
         "run_provenance": run.provenance(),
-        "provenance": provenance(seed=run.config.train.seed, device=run.device, command=command_line(args)),
+        "provenance": provenance(seed=run.seed, device=run.device, command=command_line(args)),
     }
 
 

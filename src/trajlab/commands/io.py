@@ -44,3 +44,36 @@ def check_at_least(values: list[tuple[str, int, int]]) -> None:
     for name, value, low in values:
         if value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data``, ``--loss``: factories for a run recorded from a user's loop that has none."""
+    g = parser.add_argument_group("runs recorded from your own loop (trajlab.record)")
+    g.add_argument(
+        "--model", metavar="MODULE:FUNCTION", help="model factory, when the run recorded none (or another)"
+    )
+    g.add_argument(
+        "--data",
+        metavar="MODULE:FUNCTION",
+        help="data factory returning the training dataset, (train, eval) or {'train', 'eval'}",
+    )
+    g.add_argument("--loss", metavar="MODULE:FUNCTION", help="loss hook loss_fn(model, batch)")
+
+
+def open_run(args: argparse.Namespace, **kwargs: object) -> object:
+    """The run ``args.run_dir`` as a :class:`~trajlab.runs.RecordedRun` (host settings and factory flags
+    applied); problems with the run or the factories become one-line usage errors."""
+    from trajlab.runs import RecordedRun, RunDirError
+    from trajlab.runs.references import FactoryError
+
+    try:
+        return RecordedRun(
+            args.run_dir,
+            host=host_of(args),
+            model=getattr(args, "model", None),
+            data=getattr(args, "data", None),
+            loss_fn=getattr(args, "loss", None),
+            **kwargs,
+        )
+    except (RunDirError, FactoryError) as e:
+        raise UsageError(str(e)) from None

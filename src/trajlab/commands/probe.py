@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajlab.commands.io import UsageError, check_at_least, command_line, emit, host_of
+from trajlab.commands.io import (
+    UsageError,
+    add_run_flags,
+    check_at_least,
+    command_line,
+    emit,
+    host_of,
+    open_run,
+)
 from trajlab.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,6 +102,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/probes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/probe.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_run_flags(p)
     p.set_defaults(func=cmd_probe)
 
 
@@ -162,8 +171,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> ProbePlan:
     """All checks and the shared objects (the run, steps, held-out batches), before any probing."""
-    from trajlab.runs import RecordedRun
-
     check_at_least(
         [
             ("--batches", args.batches, 0),
@@ -180,8 +187,8 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
     if (out / RESULT_FILE).exists() and not args.overwrite:
         raise UsageError(f"{out / RESULT_FILE} exists; choose another --out or pass --overwrite")
     host = host_of(args)
-    run = RecordedRun(args.run_dir, device=args.device, host=host)
-    host.apply_threads(run.config.train.num_threads)  # the run's own thread budget (shared machines)
+    run = open_run(args, device=args.device)
+    host.apply_threads(run.num_threads)  # the run's own thread budget (shared machines)
     steps, batch_of = _select_steps(args, run)
     run.model  # noqa: B018 (builds the model and checks the snapshots fit it, before any probing)
     return ProbePlan(
@@ -237,7 +244,10 @@ def _heldout_batches(run: Any, n: int) -> list[Any]:
 def _weight_decay(args: argparse.Namespace, run: Any) -> float:
     if args.weight_decay_in_grad is None:
         return run.update_weight_decay  # adamw's decay is decoupled: not in its direction
-    return float(run.config.optim.weight_decay) if args.weight_decay_in_grad else 0.0
+    decay = (
+        run.config.optim.weight_decay if run.config is not None else run.recipe.optimizer.get("weight_decay")
+    )
+    return float(decay or 0.0) if args.weight_decay_in_grad else 0.0
 
 
 # ------------------------------------------------------------------------------------------ probes
@@ -245,8 +255,6 @@ def _weight_decay(args: argparse.Namespace, run: Any) -> float:
 
 def _line_profiles(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dict[str, Any]]:
     """One line profile per (checkpoint, BN mode), as JSON-ready records."""
-    import torch.nn.functional as F
-
     from trajlab.probes import line_profile
 
     run = plan.run
@@ -256,11 +264,11 @@ def _line_profiles(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[
         model = run.load_weights(step)
         batch_step = plan.batch_of[step]
         batch = run.batch(batch_step)
-        lr = float(run.schedule(batch_step))
+        lr = run.lr_at(batch_step)
         for bn in plan.modes:
             profile = line_profile(
                 model,
-                F.cross_entropy,
+                run.loss_fn,
                 batch,
                 eval_batches=controls,
                 bn=bn,
@@ -307,7 +315,8 @@ def _matrices(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> dict[str, 
     rows.update({f"heldout_{i}": b for i, b in enumerate(plan.heldout)})
     out = {}
     for bn in plan.modes:
-        matrix = loss_matrix(plan.run, rows, cols, plan.run.new_model, bn=bn, device=plan.run.device)
+        run = plan.run
+        matrix = loss_matrix(run, rows, cols, run.new_model, loss_fn=run.loss_fn, bn=bn, device=run.device)
         out[bn] = {"matrix": matrix.to_dict(), "memory": batch_memory(matrix).to_dict()}
         bar.update(1)
     return out
@@ -315,9 +324,6 @@ def _matrices(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> dict[str, 
 
 def _alignments(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dict[str, Any]]:
     """Gradient alignment at each probed checkpoint with the next ``--alignment-batches`` logged batches."""
-    import torch.nn.functional as F
-
-    from trajlab.data import iterate_eval
     from trajlab.probes import gradient_alignment
 
     run = plan.run
@@ -335,9 +341,9 @@ def _alignments(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dic
         for bn in plan.modes:
             result = gradient_alignment(
                 model,
-                F.cross_entropy,
+                run.loss_fn,
                 batches,
-                iterate_eval(run.train_data, run.config.train.eval_batch_size, device=run.device),
+                run.train_batches_in_order(),
                 bn=bn,
                 hessian_batches=args.hessian_batches,
             )
@@ -382,7 +388,7 @@ def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any])
     from trajlab.probes import CostLedger
     from trajlab.provenance import provenance
 
-    cfg = plan.run.config
+    run = plan.run
     costs = [CostLedger(**r["cost"]) for r in result["line"] + result["alignment"]]
     costs += [CostLedger(**m["matrix"]["cost"]) for m in result["matrix"].values()]
     return {
@@ -402,8 +408,8 @@ def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any])
         "matrix": result["matrix"],
         "alignment": result["alignment"],
         "cost_total": sum(costs, CostLedger()).to_dict(),
-        "run_config": cfg.to_dict(),
-        "provenance": provenance(seed=cfg.train.seed, device=plan.run.device, command=command_line(args)),
+        "run_config": run.description(),
+        "provenance": provenance(seed=run.seed, device=plan.run.device, command=command_line(args)),
     }
 
 

@@ -300,6 +300,10 @@ class RecordedRun:
         """The whole test (eval) set in order, unaugmented."""
         return self.source.test_batches()
 
+    def train_batches_in_order(self) -> Iterator[Any]:
+        """The whole training set in order, unaugmented (full-batch quantities: the exact full gradient)."""
+        return self.source.train_batches_in_order()
+
     # ---- evaluation --------------------------------------------------------------------------------------
     def evaluate(
         self,

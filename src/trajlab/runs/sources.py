@@ -21,6 +21,7 @@ from trajlab.config import HostSettings
 from trajlab.objective import SupervisedLoss, as_loss_hook, batch_size, batch_to, supervised
 from trajlab.runs import build, references
 from trajlab.runs.recipe import Recipe
+from trajlab.runs.runner import RunDirError
 from trajlab.train.evaluate import evaluate_model
 
 # Seeds of the user-run samplers (held-out, recalibration), as for engine runs: fixed, independent of the
@@ -118,6 +119,11 @@ class EngineSource:
             channels_last=self.config.model.channels_last,
         )
 
+    def train_batches_in_order(self) -> Iterator[Any]:
+        from trajlab.data import iterate_eval
+
+        return iterate_eval(self.train_data(), self.config.train.eval_batch_size, device=self.device)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return evaluate_model(model, self.test_batches, device_type=self.device.type)
 
@@ -162,7 +168,7 @@ class LoopSource:
 
     def require_loss(self) -> Any:
         if self.loss_fn is None:
-            raise ValueError(
+            raise RunDirError(
                 f"{self.run_dir} recorded no loss function; pass --loss module:function (CLI) or "
                 "loss_fn= (RecordedRun)"
             )
@@ -179,7 +185,7 @@ class LoopSource:
     def test_data(self) -> Any:
         test = self._data()[1]
         if test is None:
-            raise ValueError(
+            raise RunDirError(
                 f"{self.run_dir}: the data factory returned no eval split; return (train, eval) or "
                 '{"train": ..., "eval": ...} from it to evaluate or to get held-out batches'
             )
@@ -189,7 +195,7 @@ class LoopSource:
         torch.manual_seed(0)
         model = self._model_factory()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"the model factory returned {type(model).__name__}, not an nn.Module")
+            raise RunDirError(f"the model factory returned {type(model).__name__}, not an nn.Module")
         return model.to(self.device)
 
     def make_batch(self, indices: torch.Tensor, aug_seed: int) -> Any:
@@ -202,7 +208,7 @@ class LoopSource:
         size = self.recipe.batch_size or 64
         available = len(dataset) // size
         if count > available:
-            raise ValueError(
+            raise RunDirError(
                 f"the eval set ({len(dataset)} items) holds only {available} batches of {size}; ask for fewer"
             )
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
@@ -282,7 +288,7 @@ def _factory(given: Any, recorded: str | None, what: str, run_dir: Path) -> Call
         return fresh
     source = given if given is not None else recorded
     if source is None:
-        raise ValueError(
+        raise RunDirError(
             f"{run_dir} recorded no {what} factory; pass --{what} module:function (CLI) or "
             f"{what}= (RecordedRun)"
         )
@@ -305,7 +311,7 @@ def _splits(source: Any, run_dir: Path) -> tuple[Any, Any]:
     data = source() if callable(source) and not hasattr(source, "__getitem__") else source
     if isinstance(data, Mapping):
         if "train" not in data:
-            raise ValueError(f"the data factory returned a mapping without 'train' (keys {sorted(data)})")
+            raise RunDirError(f"the data factory returned a mapping without 'train' (keys {sorted(data)})")
         return data["train"], data.get("eval", data.get("test"))
     if isinstance(data, tuple) and len(data) == 2 and all(hasattr(d, "__getitem__") for d in data):
         return data
