@@ -30,3 +30,34 @@ def test_library_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     exec(compile(_block("Library quickstart"), "README.md", "exec"), {})
     assert (tmp_path / "runs" / "quick" / "summary.json").is_file()
+
+
+def test_own_training_loop_and_the_four_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import subprocess
+    import sys
+
+    from trajlab.cli import main
+
+    script = tmp_path / "own_loop.py"
+    script.write_text(_block("Your own training loop"))
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "own_loop.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    commands = re.findall(r"^trajlab (.+?)(?:\s+#.*)?$", _bash_block("Your own training loop"), flags=re.M)
+    assert len(commands) == 4
+    for command in commands:
+        assert main(command.split(), environ={}) == 0, command
+    out = capsys.readouterr().out
+    assert "OK: runs/own-loop" in out and "ema_0.99" in out and "median R^2" in out
+    assert (tmp_path / "runs" / "own-loop" / "report.html").is_file()
+
+
+def _bash_block(heading: str) -> str:
+    section = README.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trajlab.config import HostSettings
-from trajlab.objective import SupervisedLoss, as_loss_hook, batch_size, batch_to, supervised
+from trajlab.objective import as_loss_hook, batch_size, batch_to, supervised
 from trajlab.runs import build, references
 from trajlab.runs.recipe import Recipe
 from trajlab.runs.runner import RunDirError
@@ -259,9 +259,12 @@ def evaluate_with_hook(model: nn.Module, batches: Iterator[Any], loss_fn: Any) -
 
 
 def _hits(model: nn.Module, batch: Any, loss_fn: Any) -> tuple[float, float] | None:
-    """(correct, counted) for a classification batch: ``(x, y)`` through a criterion hook, or a dict with
-    ``labels`` whose model output has ``logits`` (positions labelled -100 are not counted)."""
-    if isinstance(loss_fn, SupervisedLoss) and isinstance(batch, (tuple, list)) and len(batch) == 2:
+    """(correct, counted) for a classification batch: ``(x, y)`` with integer labels y whose ``model(x)``
+    gives one more dimension of logits, or a dict with ``labels`` whose model output has ``logits``
+    (positions labelled -100 are not counted); ``None`` for anything else (accuracy is then n/a)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        if batch[1].is_floating_point():
+            return None
         logits, labels = model(batch[0]), batch[1]
     elif isinstance(batch, Mapping) and "labels" in batch:
         out = model(**batch)
