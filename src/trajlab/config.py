@@ -131,7 +131,9 @@ class TrainConfig:
     """Length, batch, seed, evaluation cadence and device of a run.
 
     ``steps`` > 0 fixes the number of optimizer steps; otherwise ``epochs`` (may be fractional) sets it.
-    ``eval_every_steps`` = 0 evaluates once per epoch (and always at the end).
+    ``eval_every_steps`` = 0 evaluates once per epoch (and always at the end). ``tensorboard``: mirror the
+    metrics (training loss, lr, test metrics of the last iterate and of every average) as TensorBoard
+    scalars in ``RUN/tensorboard`` when the ``tensorboard`` package is installed (false: never).
     """
 
     seed: int = 0
@@ -145,7 +147,7 @@ class TrainConfig:
     bf16_autocast: bool = True
     num_threads: int = 0
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = True
     sync_bn: bool = False
 
     def __post_init__(self) -> None:

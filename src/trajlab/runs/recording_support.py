@@ -51,17 +51,10 @@ def reference(obj: Any, what: str) -> str | None:
 
 
 def metrics_log(run_dir: Path, tensorboard: bool | None) -> MetricsLog:
-    tb_dir = None
-    if tensorboard is None:
-        try:
-            import tensorboard as _tb  # noqa: F401
+    from trajlab.train.metrics import tensorboard_installed
 
-            tb_dir = run_dir / "tensorboard"
-        except ImportError:
-            tb_dir = None
-    elif tensorboard:
-        tb_dir = run_dir / "tensorboard"
-    return MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir=tb_dir)
+    wanted = tensorboard_installed() if tensorboard is None else tensorboard
+    return MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard" if wanted else None)
 
 
 def no_evaluate(model: nn.Module) -> dict[str, float]:

@@ -29,7 +29,7 @@ from trajlab.runs import build
 from trajlab.train import distributed
 from trajlab.train.engine import Trainer, TrainResult
 from trajlab.train.evaluate import evaluate_model
-from trajlab.train.metrics import MetricsLog, truncate_after
+from trajlab.train.metrics import MetricsLog, tensorboard_installed, truncate_after
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def run_training(
         callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks, host)
         sink = None
         if info.rank == 0:
-            tb_dir = out_dir / "tensorboard" if cfg.train.tensorboard else None
+            tb_dir = out_dir / "tensorboard" if cfg.train.tensorboard and tensorboard_installed() else None
             sink = MetricsLog(out_dir / "metrics.jsonl", tensorboard_dir=tb_dir)
         trainer = Trainer(
             model,

@@ -23,6 +23,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def tensorboard_installed() -> bool:
+    """Whether the optional ``tensorboard`` package can be imported (the metrics are mirrored then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 class MetricsLog:
     """Append-only JSONL writer, with optional TensorBoard mirroring."""
 
