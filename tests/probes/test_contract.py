@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
+from probe_fixtures import TinyCNN
 
-from conftest import TinyCNN
 from trajlab.objective import supervised
 from trajlab.probes import (
     curvature_along,

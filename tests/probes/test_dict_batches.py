@@ -5,9 +5,9 @@ import copy
 
 import pytest
 import torch
+from probe_fixtures import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from trajlab.probes import (
     curvature_along,
     gradient_alignment,

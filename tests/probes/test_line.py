@@ -5,8 +5,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from probe_fixtures import MSE, mse
 
-from conftest import MSE, mse
 from trajlab.probes import HVP_METHODS, curvature_along, hessian_vector_product, line_profile
 
 

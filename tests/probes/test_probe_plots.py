@@ -4,8 +4,8 @@ import json
 
 import matplotlib
 import torch
+from probe_fixtures import TinyCNN
 
-from conftest import TinyCNN
 from trajlab.probes import batch_memory, line_profile, loss_matrix
 from trajlab.reports.probe_plots import (
     plot_batch_memory,

@@ -5,10 +5,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from probe_fixtures import MSE, TinyCNN
 from torch import nn
 from torch.func import functional_call
 
-from conftest import MSE, TinyCNN
 from trajlab.probes import hessian_trace, spectral_density, top_eigenvalues
 
 F = nn.functional.cross_entropy

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from probe_fixtures import MSE, TinyCNN
 from torch import nn
 
-from conftest import MSE, TinyCNN
 from trajlab.probes import (
     ProbeCallback,
-    TrajectoryStore,
+    RecordedBatches,
     batch_memory,
     distance_between_runs,
     distance_to_reference,
@@ -59,7 +59,7 @@ class FakeStore:
 
 def test_loss_matrix_matches_direct_evaluation_and_memory():
     store = FakeStore()
-    assert isinstance(store, TrajectoryStore)
+    assert isinstance(store, RecordedBatches)
     held = (torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randint(0, 3, (8,)))
     m = loss_matrix(store, [2, 4, held], None, lambda: TinyCNN().double(), bn="running")
     assert m.names == ("step_2", "step_4", "heldout_2") and m.used_at == (2, 4, None)

@@ -100,7 +100,7 @@ def test_fits_the_snapshot_protocols_of_averaging_and_probes(recorded) -> None:
     from trajlab.probes import matrix
 
     run, _ = recorded
-    for protocol in (SnapshotReader, matrix.TrajectoryStore):
+    for protocol in (SnapshotReader, matrix.RecordedBatches):
         for name, member in inspect.getmembers(protocol, inspect.isfunction):
             if not name.startswith("_"):
                 wanted = list(inspect.signature(member).parameters)[1:]

@@ -16,8 +16,15 @@ from torch import nn
 
 
 def _inputs(batch: Any) -> Any:
-    # (x, y) pairs from a loader, or bare input tensors.
-    return batch[0] if isinstance(batch, list | tuple) else batch
+    # (x, y) pairs from a loader, or bare input tensors; anything else needs a forward hook.
+    if isinstance(batch, list | tuple) and batch:
+        return batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(
+        f"update_bn got a {type(batch).__name__} batch: pass forward=loss_fn (a hook loss_fn(model, batch)) "
+        "to feed such batches"
+    )
 
 
 def _argument_order(first: Any, second: Any) -> tuple[Iterable[Any], nn.Module]:

@@ -32,7 +32,7 @@ from trajlab.probes.interpolation import (
     state_distance,
 )
 from trajlab.probes.line import LineProfile, QuadraticFit, line_profile
-from trajlab.probes.matrix import BatchMemory, LossMatrix, TrajectoryStore, batch_memory, loss_matrix
+from trajlab.probes.matrix import BatchMemory, LossMatrix, RecordedBatches, batch_memory, loss_matrix
 from trajlab.probes.quadratic import fit_quadratic, parabola_from_slope, parabola_through, parabola_vertex
 from trajlab.probes.spectrum import (
     HessianTrace,
@@ -58,7 +58,7 @@ __all__ = [
     "QuadraticFit",
     "SpectralDensity",
     "TopEigenvalues",
-    "TrajectoryStore",
+    "RecordedBatches",
     "batch_memory",
     "curvature_along",
     "distance_between_runs",

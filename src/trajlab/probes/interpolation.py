@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,27 +150,19 @@ def recalibrate_bn(
     Returns:
         Only the BN buffers, ``{name: tensor}``.
     """
+    from trajlab.averaging.bn import update_bn  # the one BN recalibration (averaging sits on this floor)
+
     work = copy.deepcopy(model)
     work.load_state_dict(dict(state))
     bns = [m for m in work.modules() if is_batch_norm(m)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    work.train()
     hook = None if loss_fn is None else as_loss_hook(loss_fn)
     device = next((t.device for t in work.parameters()), None)
-    for i, item in enumerate(data):
-        item = batch_to(item, device)
-        if isinstance(item, Tensor):
-            work(item)
-        elif hook is not None:
-            hook(work, item)
-        elif isinstance(item, (tuple, list)) and item:
-            work(item[0])
-        else:
-            raise TypeError(
-                f"recalibration data[{i}] is a {type(item).__name__}: pass loss_fn to feed such batches"
-            )
+
+    def forward(m: nn.Module, item: Any) -> Any:  # bare inputs go straight in; batches through the hook
+        return m(item) if isinstance(item, Tensor) or hook is None else hook(m, item)
+
+    if bns:
+        update_bn((batch_to(item, device) for item in data), work, forward=forward)
     names = {id(m): n for n, m in work.named_modules()}
     out = {}
     for m in bns:

@@ -1,7 +1,8 @@
 """Post-hoc probes on a recorded trajectory: fixed batches x checkpoints, and the memory of a used batch.
 
-Works against the trajectory store protocol (:class:`TrajectoryStore`): ``steps()``, ``load(step)`` (a
-state dict), ``batch(step)`` (the exact training batch B_step) and ``batch_indices(step)``. Step
+Works against the protocol of a recorded run (:class:`RecordedBatches`, implemented by
+:class:`trajlab.runs.RecordedRun`): ``steps()``, ``load(step)`` (a state dict), ``batch(step)`` (the exact
+training batch B_step) and ``batch_indices(step)``. Step
 convention: B_t is used by step t, which produces theta_t, so a batch used at step u has been "seen" by
 every checkpoint s >= u.
 """
@@ -30,7 +31,7 @@ from trajlab.probes._functional import (
 
 
 @runtime_checkable
-class TrajectoryStore(Protocol):
+class RecordedBatches(Protocol):
     """What the probes need from a recorded run (implemented by ``trajlab.trajectory``)."""
 
     def steps(self) -> list[int]: ...
@@ -75,7 +76,7 @@ class LossMatrix:
 
 
 def loss_matrix(
-    store: TrajectoryStore,
+    store: RecordedBatches,
     batches: Sequence[int | Batch] | Mapping[str, int | Batch],
     steps: Iterable[int] | None,
     model_factory: Callable[[], nn.Module],
@@ -87,7 +88,7 @@ def loss_matrix(
     """L_b(theta_s) for every batch b and stored checkpoint s, evaluated with ``functional_call``.
 
     Args:
-        store: a :class:`TrajectoryStore`.
+        store: a :class:`RecordedBatches` (e.g. a :class:`trajlab.runs.RecordedRun`).
         batches: an int u means the training batch B_u (``store.batch(u)``, used at step u); anything
             else is a held-out batch (a tensor, tuple/list or dict the hook takes). A mapping names them; a
             sequence names held-out ones ``"heldout_<i>"``.
