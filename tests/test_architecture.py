@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "theory": 0,
     "provenance": 0,
     "version": 0,
+    "files": 0,
     "config": 1,
     "train": 2,
     "trajectory": 3,

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trajlab import files
 from trajlab.version import __version__
 
 # The package directory (this file sits in it), for the git revision and the source digest.
@@ -111,17 +110,8 @@ def provenance(
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then rename over ``path``."""
+    """Write JSON atomically (:func:`trajlab.files.write_json_atomic`: no symlinks followed, the umask's mode,
+    out of space reported as such); the parent directory is created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.make_dirs(path.parent)
+    files.write_json_atomic(path, obj, indent=indent)

@@ -26,6 +26,7 @@ import trajlab
 from trajlab.averaging import EMA
 from trajlab.runs import RecordedRun
 from trajlab.runs.recording_state import RecordingError
+from trajlab.train.metrics import TIME_FIELDS
 from trajlab.trajectory import verify_run
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +41,7 @@ def _same_tree(a: Path, b: Path, sub: str) -> None:
 
 def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in rows]
 
 
 def _final_state(run: Path) -> dict:

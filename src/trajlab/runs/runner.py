@@ -24,12 +24,20 @@ from typing import Any
 import torch
 
 from trajlab.config import ConfigError, HostSettings, RunConfig
-from trajlab.provenance import provenance, write_json_atomic
+from trajlab.files import ChecksumError, read_verified, write_run_json
+from trajlab.provenance import provenance
 from trajlab.runs import build
 from trajlab.train import distributed
 from trajlab.train.engine import Trainer, TrainResult
 from trajlab.train.evaluate import evaluate_model
-from trajlab.train.metrics import MetricsLog, tensorboard_installed, truncate_after
+from trajlab.train.metrics import (
+    MetricsDamaged,
+    MetricsLog,
+    read_metrics,
+    tensorboard_installed,
+    truncate_after,
+)
+from trajlab.trajectory.errors import DamageError
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +53,29 @@ class RunOutcome:
     config: RunConfig
 
 
-def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+def load_run_config(run_dir: str | os.PathLike, *, verify: bool = True) -> RunConfig:
+    """The run's ``config.json``, checked against ``checksums.json`` (unless ``verify=False``).
+
+    Raises:
+        RunDirError: not a run directory, or the file is not JSON / not UTF-8.
+        DamageError: the file differs from its recorded sha256.
+    """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a trajlab run directory (no config.json)")
-    return RunConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    try:
+        data = read_verified(run_dir, "config.json", verify=verify)
+        raw = json.loads(data.decode("utf-8"))
+    except ChecksumError as e:
+        raise DamageError(str(e)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = getattr(e, "pos", getattr(e, "start", "?"))
+        raise DamageError(
+            f"{path}: not a readable config ({type(e).__name__} at byte {where}); run `trajlab runs verify`"
+        ) from None
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read ({e.strerror or e})") from None
+    return RunConfig.from_dict(raw, source=str(path))
 
 
 def check_out_dir(out_dir: Path, cfg: RunConfig) -> None:
@@ -142,6 +168,7 @@ def run_training(
     host = host or HostSettings()
     out_dir = Path(out_dir)
     state = None
+    restart = False
     branch_state = None
     if resume:
         saved = load_run_config(out_dir)
@@ -150,16 +177,14 @@ def run_training(
                 f"--resume {out_dir}: the given config differs from the run's config.json; drop it"
             )
         cfg = saved
-        from trajlab.trajectory import load_latest_checkpoint
+        from trajlab.trajectory.quarantine import resume_state
 
         if (out_dir / "summary.json").is_file():
             raise RunDirError(f"{out_dir} is already complete (summary.json); nothing to resume")
-        state = load_latest_checkpoint(out_dir)
-        if state is None:
-            raise RunDirError(
-                f"{out_dir} has no training checkpoint to resume from; "
-                "runs need record.checkpoint_every_steps > 0"
-            )
+        # The newest checkpoint that verifies within the intact batch log; none at all: start again from
+        # step 0 (a run killed before its first checkpoint), setting aside what was written.
+        state = resume_state(out_dir, needs_batch_log=cfg.record.enabled)
+        restart = state is None
     elif cfg is None:
         raise ConfigError("no config given")
     else:
@@ -221,14 +246,16 @@ def run_training(
 
         if info.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_files(out_dir, cfg, device, command, resumed_at=state["step"] if state else None)
+            resumed_at = int(state["step"]) if state else 0 if restart else None
+            _write_run_files(out_dir, cfg, device, command, resumed_at=resumed_at)
             if branch_from is not None:
-                write_json_atomic(
-                    out_dir / "branch.json",
+                write_run_json(
+                    out_dir,
+                    "branch.json",
                     {"source_run": str(branch_from[0]), "source_step": int(branch_from[1])},
                 )
-            if state is not None:
-                truncate_after(out_dir / "metrics.jsonl", int(state["step"]))
+            if resumed_at is not None:
+                _set_aside_metrics(out_dir, resumed_at)
         callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks, host)
         sink = None
         if info.rank == 0:
@@ -259,6 +286,9 @@ def run_training(
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s at step %d of %d", out_dir, trainer.step, total_steps)
+        elif restart:
+            trainer.resumed = True  # callbacks set aside what the killed run wrote past step 0
+            log.info("%s has no checkpoint yet: training it again from step 0", out_dir)
         try:
             result = trainer.fit()
         finally:
@@ -267,15 +297,16 @@ def run_training(
         # Every rank waits here: a rank that leaves while rank 0 still evaluates tears down gloo under it.
         distributed.barrier()
         if info.rank == 0:
-            write_json_atomic(
-                out_dir / "summary.json",
-                {
-                    "status": "complete",
-                    "steps": result.steps_done,
-                    "final": result.final_metrics,
-                    "wall_s_last_session": result.wall_s,
-                },
-            )
+            # A kill between the final checkpoint and this file resumes with nothing left to train: the
+            # final metrics are then the last eval row, written before the final checkpoint.
+            final = result.final_metrics or _last_eval_row(out_dir)
+            summary = {
+                "status": "complete",
+                "steps": result.steps_done,
+                "final": final,
+                "wall_s_last_session": result.wall_s,
+            }
+            write_run_json(out_dir, "summary.json", summary)
     finally:
         if created_group:
             distributed.destroy_process_group()
@@ -290,16 +321,41 @@ def _dist_info(host: HostSettings) -> distributed.DistInfo:
     return distributed.DistInfo.current()
 
 
+def _last_eval_row(out_dir: Path) -> dict[str, Any]:
+    rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    return (
+        {k: v for k, v in rows[-1].items() if k not in ("kind", "step", "epoch", "lr", "wall_s")}
+        if rows
+        else {}
+    )
+
+
+def _set_aside_metrics(out_dir: Path, step: int) -> None:
+    """Rows past ``step`` go to the quarantine (a damaged row before it makes the resume refuse)."""
+    from trajlab.trajectory.quarantine import Quarantine
+
+    try:
+        _, removed = truncate_after(out_dir / "metrics.jsonl", step)
+    except MetricsDamaged as e:
+        raise DamageError(str(e)) from None
+    if removed:
+        quarantine = Quarantine(out_dir, step)
+        quarantine.keep("metrics.jsonl", "".join(line + "\n" for line in removed).encode())
+        quarantine.report()
+
+
 def _write_run_files(
     out_dir: Path, cfg: RunConfig, device: torch.device, command: list[str] | None, resumed_at: int | None
 ) -> None:
     prov_path = out_dir / "provenance.json"
     if resumed_at is None:
-        write_json_atomic(out_dir / "config.json", cfg.to_dict())
-        write_json_atomic(prov_path, provenance(seed=cfg.train.seed, device=device, command=command))
+        write_run_json(out_dir, "config.json", cfg.to_dict())
+        write_run_json(
+            out_dir, "provenance.json", provenance(seed=cfg.train.seed, device=device, command=command)
+        )
         return
     prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
     prov.setdefault("resumes", []).append(
         {"at_step": resumed_at, **provenance(seed=cfg.train.seed, device=device, command=command)}
     )
-    write_json_atomic(prov_path, prov)
+    write_run_json(out_dir, "provenance.json", prov)

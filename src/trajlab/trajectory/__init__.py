@@ -13,7 +13,7 @@ from trajlab.trajectory.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from trajlab.trajectory.errors import TrajectoryError
+from trajlab.trajectory.errors import DamageError, TrajectoryError
 from trajlab.trajectory.manifest import SnapshotEntry
 from trajlab.trajectory.recorder import Recorder
 from trajlab.trajectory.schedule import DenseWindow, SnapshotSchedule
@@ -23,6 +23,7 @@ from trajlab.trajectory.verify import Problem, VerifyReport
 
 __all__ = [
     "Checkpointer",
+    "DamageError",
     "DenseWindow",
     "Problem",
     "Recorder",

@@ -20,13 +20,14 @@ import os
 import struct
 import zlib
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trajlab.trajectory.errors import TrajectoryError
+from trajlab.trajectory.errors import DamageError, TrajectoryError
 from trajlab.trajectory.layout import CHUNK_RE, chunk_name, fsync_dir, steps_in_dir
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ class BatchLogWriter:
         self.close()
         path = self.batch_dir / chunk_name(first)
         exists = path.exists() and path.stat().st_size >= len(MAGIC)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Never through a symlink planted in the run directory; the umask decides the mode.
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         self._chunk_first = first
         if not exists:
             os.ftruncate(self._fd, 0)
@@ -180,8 +182,20 @@ class BatchLogWriter:
                 self._chunk_first = None
 
 
-def truncate_batch_log(batch_dir: Path, last_step: int) -> int | None:
+def truncate_batch_log(
+    batch_dir: Path,
+    last_step: int,
+    *,
+    move: Callable[[Path], None] | None = None,
+    keep: Callable[[str, bytes], None] | None = None,
+) -> int | None:
     """Drop every record after ``last_step`` (and torn tails) so a resumed run can append from there.
+
+    Args:
+        batch_dir: ``RUN/trajectory/batches``.
+        last_step: the last step to keep.
+        move: called with each whole chunk file past ``last_step`` (to set it aside; default: unlink).
+        keep: called with (chunk name, removed bytes) for each chunk cut short (to set them aside).
 
     Returns:
         The last step left in the log, or ``None`` when it is empty.
@@ -189,9 +203,10 @@ def truncate_batch_log(batch_dir: Path, last_step: int) -> int | None:
     last_kept: int | None = None
     for first, path in sorted(steps_in_dir(batch_dir, CHUNK_RE).items()):
         if first > last_step:
-            path.unlink()
+            move(path) if move is not None else path.unlink()
             continue
-        scan = scan_chunk(path.read_bytes())
+        data = path.read_bytes()
+        scan = scan_chunk(data)
         keep_end = len(MAGIC) if scan.records or scan.end_offset else 0
         for record in scan.records:
             if record.step > last_step:
@@ -200,9 +215,11 @@ def truncate_batch_log(batch_dir: Path, last_step: int) -> int | None:
             last_kept = record.step
         if scan.problem and not scan.torn_tail:
             logger.warning("%s: %s; the batch log is kept only up to the damage", path, scan.problem)
+        if keep_end < len(data) and keep is not None:
+            keep(path.name, data[keep_end:])
         if keep_end == 0:
             path.unlink()
-        elif keep_end < path.stat().st_size:
+        elif keep_end < len(data):
             os.truncate(path, keep_end)
     fsync_dir(batch_dir)
     return last_kept
@@ -238,8 +255,12 @@ class BatchLogReader:
             raise TrajectoryError(f"{self.batch_dir}: no batch-log record for step {step} (steps start at 1)")
         data, by_step, scan = self.scan(position)
         if step not in by_step:
-            why = f" ({scan.problem})" if scan.problem else ""
-            raise TrajectoryError(f"{self._paths[position]}: no batch-log record for step {step}{why}")
+            if scan.problem and (not scan.records or step > scan.records[-1].step):
+                raise DamageError(
+                    f"{self._paths[position]}: the batch-log record of step {step} is damaged "
+                    f"({scan.problem}); run `trajlab runs verify`"
+                )
+            raise TrajectoryError(f"{self._paths[position]}: no batch-log record for step {step}")
         return data, by_step[step]
 
     def indices(self, step: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from trajlab.train.callbacks import CallbackBase, StepContext
 from trajlab.trajectory import layout
-from trajlab.trajectory.errors import TrajectoryError
+from trajlab.trajectory.errors import DamageError, TrajectoryError
 
 logger = logging.getLogger(__name__)
 
@@ -84,28 +84,36 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load one checkpoint with ``weights_only=True`` after checking its sha256 line (when present).
+def load_checkpoint(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Load one checkpoint with ``weights_only=True`` after checking it against its sha256 line.
+
+    Args:
+        path: the ``ckpt_*.pt`` file.
+        verify: require the ``.sha256`` line and a matching digest (``False``: load whatever is there).
 
     Raises:
-        TrajectoryError: missing, truncated, corrupt, or holding something other than plain data.
+        DamageError: missing, truncated, corrupt, without its sha256 line, or holding something other
+            than plain data.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise TrajectoryError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from exc
-    sha_file = _sha_path(path)
-    if sha_file.exists():
-        expected = sha_file.read_text().split(" ", 1)[0].strip()
+        raise DamageError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from exc
+    if verify:
+        sha_file = _sha_path(path)
+        try:
+            expected = sha_file.read_text().split(" ", 1)[0].strip()
+        except (OSError, UnicodeDecodeError):
+            raise DamageError(f"{path}: its sha256 line {sha_file.name} is missing or unreadable") from None
         if hashlib.sha256(data).hexdigest() != expected:
-            raise TrajectoryError(f"{path}: corrupt checkpoint (sha256 differs from {sha_file.name})")
+            raise DamageError(f"{path}: corrupt checkpoint (sha256 differs from {sha_file.name})")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrajectoryError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from exc
+        raise DamageError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from exc
     if not isinstance(state, dict):
-        raise TrajectoryError(f"{path}: a checkpoint holds a dict, found {type(state).__name__}")
+        raise DamageError(f"{path}: a checkpoint holds a dict, found {type(state).__name__}")
     return state
 
 

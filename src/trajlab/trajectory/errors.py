@@ -1,4 +1,4 @@
-"""The one error type of ``trajlab.trajectory``."""
+"""The errors of ``trajlab.trajectory``."""
 
 from __future__ import annotations
 
@@ -8,3 +8,9 @@ class TrajectoryError(ValueError):
 
     The message is one line that names the file (and the step, where there is one) and says what to do.
     """
+
+
+class DamageError(TrajectoryError):
+    """A file of the run is missing, truncated or altered (its sha256, size or record checksum differs):
+    the CLI exits with status 1 and says to run ``trajlab runs verify`` (or ``--no-verify`` to read
+    anyway)."""

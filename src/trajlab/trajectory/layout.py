@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from trajlab import files
 from trajlab.trajectory.errors import TrajectoryError
 
 FORMAT_NAME = "trajlab-trajectory"
@@ -68,45 +69,26 @@ def fsync_dir(path: Path) -> None:
 def write_file_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` so that a reader sees either no file or the complete file.
 
-    Writes a temporary file next to it, fsyncs it, renames it over ``path`` and fsyncs the directory.
-    A killed process leaves at most a ``.<name>.tmp`` file, never a partial ``path``.
+    :func:`trajlab.files.write_bytes_atomic`: a temporary file next to it (``O_EXCL | O_NOFOLLOW``),
+    fsynced, renamed over ``path``, the directory fsynced. A killed process leaves at most a
+    ``.<name>.*.tmp`` file, never a partial ``path``.
 
     Raises:
-        OSError: from the file system (disk full, permission denied); the temporary file is removed.
+        OSError: from the file system (:class:`trajlab.files.DiskFullError` when out of space); the
+            temporary file is removed.
     """
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
+    files.write_bytes_atomic(path, data)
 
 
 def append_line_durable(path: Path, line: str) -> None:
-    """Append one line with a single ``write`` (O_APPEND) and fsync it.
+    """Append one line with a single ``write`` (O_APPEND, never through a symlink) and fsync it.
 
     One ``write`` of a short line is not split by a SIGKILL, so the manifest never holds half a line from
     a killed process (readers still tolerate a torn last line, e.g. after a power loss).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    with files.open_append(path) as fd:
+        files.write_all(fd, (line.rstrip("\n") + "\n").encode(), path)
         os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

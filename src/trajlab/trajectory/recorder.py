@@ -15,6 +15,7 @@ from trajlab.trajectory import layout
 from trajlab.trajectory.batchlog import DEFAULT_CHUNK_STEPS, BatchLogWriter, truncate_batch_log
 from trajlab.trajectory.errors import TrajectoryError
 from trajlab.trajectory.manifest import read_manifest, rewrite_manifest
+from trajlab.trajectory.quarantine import Quarantine
 from trajlab.trajectory.schedule import SnapshotSchedule
 from trajlab.trajectory.writer import (
     SNAPSHOT_DTYPES,
@@ -170,23 +171,37 @@ class Recorder(CallbackBase):
             )
 
     def _truncate_after(self, step: int) -> None:
-        """Make the trajectory end at ``step``: what a killed run wrote past its checkpoint goes."""
+        """Make the trajectory end at ``step``: what a killed run wrote past its checkpoint is set aside
+        in ``RUN/quarantine/`` (never deleted), and the resume says so."""
+        quarantine = Quarantine(self.run_dir, step)
         manifest_path = self.traj_dir / layout.MANIFEST_FILE
         entries, _ = read_manifest(manifest_path)
         kept = {e.step: e.line for e in entries if e.step <= step}
+        removed_lines = [e.line for e in entries if e.step > step]
         snapshots = layout.steps_in_dir(self.traj_dir / layout.SNAPSHOT_DIR, layout.SNAPSHOT_RE)
         for snap_step, path in snapshots.items():
             if snap_step > step:
-                path.unlink()
+                quarantine.move(path)
             elif snap_step not in kept:
                 # Killed between the rename and the manifest append: the file is complete, list it.
-                line = _manifest_line_from_file(path, snap_step)
+                line = _manifest_line_from_file(path, snap_step, quarantine)
                 if line is not None:
                     kept[snap_step] = line
         for path in (self.traj_dir / layout.SNAPSHOT_DIR).glob(f".*{layout.TMP_SUFFIX}"):
-            path.unlink()
+            quarantine.move(path)
+        quarantine.keep(
+            f"{layout.TRAJECTORY_DIR}/{layout.MANIFEST_FILE}",
+            "".join(f"{x}\n" for x in removed_lines).encode(),
+        )
         rewrite_manifest(manifest_path, [kept[s] for s in sorted(kept)])
-        last = truncate_batch_log(self.traj_dir / layout.BATCH_DIR, step)
+        batch_rel = f"{layout.TRAJECTORY_DIR}/{layout.BATCH_DIR}"
+        last = truncate_batch_log(
+            self.traj_dir / layout.BATCH_DIR,
+            step,
+            move=quarantine.move,
+            keep=lambda name, data: quarantine.keep(f"{batch_rel}/{name}", data),
+        )
+        quarantine.report()
         if self.log_batches and step > 0 and last != step:
             logger.warning(
                 "%s: batch log ends at step %s, the run resumes after step %d; steps in between are missing",
@@ -211,7 +226,7 @@ class Recorder(CallbackBase):
         self.last_saved_step = ctx.step
 
 
-def _manifest_line_from_file(path: Path, step: int) -> str | None:
+def _manifest_line_from_file(path: Path, step: int, quarantine: Quarantine) -> str | None:
     """Rebuild the manifest line of a complete snapshot file from its safetensors metadata."""
     try:
         data = path.read_bytes()
@@ -221,7 +236,7 @@ def _manifest_line_from_file(path: Path, step: int) -> str | None:
         dtype = "bfloat16" if "BF16" in dtypes else "float32"
         job = SnapshotJob(step, float(meta["epoch"]), float(meta["lr"]), {}, dtype)
     except (OSError, KeyError, ValueError, safetensors.SafetensorError) as exc:
-        logger.warning("%s: unlisted snapshot is unreadable (%s); removing it", path, exc)
-        path.unlink()
+        logger.warning("%s: unlisted snapshot is unreadable (%s); setting it aside", path, exc)
+        quarantine.move(path)
         return None
     return manifest_line(job, hashlib.sha256(data).hexdigest(), len(data))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import safetensors
 import torch
+from safetensors.torch import load as parse_safetensors  # bytes -> tensors, no pickle
 from torch import nn
 
 from trajlab.trajectory import layout
 from trajlab.trajectory.batchlog import BatchLogReader, ChunkScan
-from trajlab.trajectory.errors import TrajectoryError
+from trajlab.trajectory.errors import DamageError, TrajectoryError
 from trajlab.trajectory.manifest import ManifestProblem, SnapshotEntry, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -40,8 +42,9 @@ class TrajectoryStore:
         store.batch_indices(500), store.aug_seed(500)  # what step 500 trained on
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, verify: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.verify = verify
         self.traj_dir = self.run_dir / layout.TRAJECTORY_DIR
         layout.check_format_file(self.traj_dir)
         entries, self._manifest_problems = read_manifest(self.traj_dir / layout.MANIFEST_FILE)
@@ -83,7 +86,8 @@ class TrajectoryStore:
     ) -> StateDict:
         """The state dict saved at ``step`` (parameters and buffers by name).
 
-        The file is memory-mapped (safetensors ``safe_open``); tensors are materialised on ``device``.
+        The file is read once; its sha256 is checked against the manifest (unless the store was opened with
+        ``verify=False``) and the tensors are parsed from the bytes read, so nothing is read twice.
 
         Args:
             step: a step of :meth:`steps`.
@@ -92,17 +96,29 @@ class TrajectoryStore:
                 stored.
 
         Raises:
-            TrajectoryError: no such step, file missing, wrong size, or not a valid safetensors file.
+            TrajectoryError: no such step.
+            DamageError: file missing, wrong size, sha256 differs, or not a valid safetensors file.
         """
         path = self._checked_path(step)
-        device_name = str(torch.device(device)) if device is not None else "cpu"
         try:
-            with safetensors.safe_open(str(path), framework="pt", device=device_name) as handle:
-                state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            data = path.read_bytes()  # read once: hashed, then parsed from memory
+        except OSError as exc:
+            raise DamageError(
+                f"{path}: cannot read the snapshot of step {step} ({exc.strerror or exc})"
+            ) from exc
+        if self.verify and hashlib.sha256(data).hexdigest() != self.entry(step).sha256:
+            raise DamageError(
+                f"{path}: snapshot of step {step} differs from its sha256 in the manifest (altered or "
+                "damaged); run `trajlab runs verify`, or pass --no-verify to read it anyway"
+            )
+        try:
+            state = parse_safetensors(data)
         except (safetensors.SafetensorError, OSError, ValueError) as exc:
-            raise TrajectoryError(
+            raise DamageError(
                 f"{path}: corrupt snapshot of step {step} ({exc}); run `trajlab runs verify`"
             ) from exc
+        if device is not None and torch.device(device).type != "cpu":
+            state = {k: v.to(device) for k, v in state.items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         return state
@@ -156,13 +172,13 @@ class TrajectoryStore:
         entry = self.entry(step)
         path = self.traj_dir / entry.file
         if not path.is_file():
-            raise TrajectoryError(
+            raise DamageError(
                 f"{path}: snapshot of step {step} is missing (manifest line {entry.lineno}); "
                 "run `trajlab runs verify`"
             )
         size = path.stat().st_size
         if size != entry.bytes:
-            raise TrajectoryError(
+            raise DamageError(
                 f"{path}: snapshot of step {step} has {size} bytes, the manifest says {entry.bytes} "
                 "(truncated or altered); run `trajlab runs verify`"
             )
