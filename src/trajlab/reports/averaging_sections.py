@@ -1,8 +1,9 @@
-"""The report's averaging sections: the table of final and post-hoc averages over seeds, and the noisy
-quadratic model's predictions next to the measured averaging gains (theory vs measurement).
+"""The data of the report's averaging sections: the table of final and post-hoc averages over seeds, and
+the noisy quadratic model's predictions next to the measured averaging gains (theory vs measurement).
 
 Both read the same rows (online evals, ``analysis/post_hoc.json``) grouped into repetitions over seeds,
-so they sit together, apart from the per-run sections in :mod:`~trajlab.reports.sections`.
+so they sit together, apart from the per-run sections in :mod:`~trajlab.reports.sections`; their markup
+is in ``templates/averaging.html.j2``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from trajlab.reports import figures
-from trajlab.reports.html_utils import _figure, _float, _mean_std, _missing, _num, _section, _table, esc
+from trajlab.reports.fragments import _figure, _float, _mean_std, _num, _table
 from trajlab.reports.run_results import (
     ANALYSIS_DIR,
     POST_HOC,
@@ -62,8 +63,9 @@ def _model_rows(r: RunResults) -> list[dict[str, Any]]:
     return rows
 
 
-def _averaging(runs: Sequence[RunResults]) -> str:
-    body = []
+def _averaging(runs: Sequence[RunResults]) -> dict[str, Any]:
+    """``groups``: per configuration with final evaluations its ``name`` and ``table`` over seeds."""
+    groups = []
     for name, members in _groups(runs):
         table: dict[tuple, list[tuple[RunResults, dict[str, Any]]]] = {}
         for m in members:
@@ -87,20 +89,9 @@ def _averaging(runs: Sequence[RunResults]) -> str:
                     ", ".join(sorted({row["source"] for _, row in items})),
                 ]
             )
-        body.append(f"<h3>{esc(name)}</h3>")
-        body.append(
-            _table(
-                ["model", "built", "BN stats", "test acc", "test loss", "n", "seeds", "at step", "from"], rows
-            )
-        )
-    if not body:
-        body.append(_missing("final evaluations", "No run has eval rows or post-hoc averages yet."))
-    note = (
-        "<p class='note'>mean ± sample std over the n runs of one configuration that differ only by seed; a"
-        " single value when n = 1. 'online': kept during training; 'post hoc': rebuilt from the stored "
-        "snapshots. Compare averages with the last iterate under the same BN statistics (recalibrated).</p>"
-    )
-    return _section("averaging", "Averaging table", note + "".join(body))
+        headers = ["model", "built", "BN stats", "test acc", "test loss", "n", "seeds", "at step", "from"]
+        groups.append({"name": name, "table": _table(headers, rows)})
+    return {"groups": groups}
 
 
 def _strip_for_lr(config: dict[str, Any]) -> str:
@@ -148,106 +139,105 @@ def _measured_two_point(members: Sequence[RunResults]) -> dict[str, Any] | None:
     }
 
 
-def _theory(runs: Sequence[RunResults]) -> str:
-    from trajlab.reports.theory_plots import plot_ema_vs_reduced_lr
-
-    body = []
+def _theory(runs: Sequence[RunResults]) -> dict[str, Any]:
+    """``groups``: per configuration with a theory fit its ``name``, the ``fit`` table, ``two_point``
+    (figure and table; None without two-point predictions) and ``ema`` (None without an EMA prediction)."""
+    groups = []
     for name, members in _groups(runs):
         with_theory = [m for m in members if m.theory]
         if not with_theory:
             continue
-        r = with_theory[0]
-        th = r.theory or {}
-        src = r.source(f"{ANALYSIS_DIR}/{THEORY}")
-        body.append(f"<h3>{esc(name)}</h3>")
+        th = with_theory[0].theory or {}
         fit = th.get("fit") or {}
-        body.append(
-            _table(
-                ["fitted quantity", "value", "how"],
-                [
-                    [
-                        k,
-                        _float(v) if isinstance(v, int | float) else str(v),
-                        (fit.get("how") or {}).get(k, ""),
-                    ]
-                    for k, v in fit.items()
-                    if k != "how"
-                ],
+        fit_table = _table(
+            ["fitted quantity", "value", "how"],
+            [
+                [k, _float(v) if isinstance(v, int | float) else str(v), (fit.get("how") or {}).get(k, "")]
+                for k, v in fit.items()
+                if k != "how"
+            ],
+        )
+        groups.append(
+            {
+                "name": name,
+                "fit": fit_table,
+                "two_point": _two_point(th, with_theory[0], members),
+                "ema": _ema(th.get("ema") or {}, with_theory[0], members, runs),
+            }
+        )
+    return {"groups": groups}
+
+
+def _two_point(th: dict[str, Any], r: RunResults, members: Sequence[RunResults]) -> dict[str, Any] | None:
+    """The two-point figure (prediction vs measured gain) and its table, or None without predictions."""
+    tp = dict(th.get("two_point") or {})
+    measured = _measured_two_point(members)
+    if tp and measured and len(measured["n"]) and max(measured["n"]) > 1:
+        # several seeds: the measured points become mean ± std; the prediction stays on its own gaps
+        tp.update(measured)
+        tp["predicted_gain"] = _on_gaps(th.get("two_point") or {}, measured["gaps"])
+    if not tp.get("gaps"):
+        return None
+    figure = _figure(
+        lambda t=tp: figures.plot_two_point_theory(t),
+        "Two-point averaging 1/2 (theta_T + theta_(T-k)), BN recalibrated: measured test-loss"
+        " gain over the last iterate vs the noisy quadratic model's prediction. " + str(tp.get("note", "")),
+        [r.source(f"{ANALYSIS_DIR}/{THEORY}")]
+        + [m.source(f"{ANALYSIS_DIR}/{POST_HOC}") for m in members if m.post_hoc],
+    )
+    pred = tp.get("predicted_gain") or [math.nan] * len(tp["gaps"])
+    ratio = tp.get("predicted_ratio") or [math.nan] * len(tp["gaps"])
+    std = tp.get("measured_gain_std") or [math.nan] * len(tp["gaps"])
+    table = _table(
+        ["gap k", "predicted excess-loss ratio", "predicted gain", "measured gain", "± std"],
+        [
+            [int(k), _float(q), _float(p), _float(g), _float(s)]
+            for k, q, p, g, s in zip(tp["gaps"], ratio, pred, tp["measured_gain"], std)
+        ],
+    )
+    return {"figure": figure, "table": table}
+
+
+def _ema(
+    ema: dict[str, Any], r: RunResults, members: Sequence[RunResults], runs: Sequence[RunResults]
+) -> dict[str, Any] | None:
+    """The EMA vs reduced-lr comparison: ``figures`` (predicted, measured) side by side, the ``table``, and
+    ``reduced_lr`` (formatted) when no run at the reduced lr was given, else None. None without ``ema``."""
+    from trajlab.reports.theory_plots import plot_ema_vs_reduced_lr
+
+    if not ema:
+        return None
+    reduced = _reduced_lr_runs(r, runs)
+    prediction = ema.get("prediction")
+    figs = []
+    if prediction:
+        figs.append(
+            _figure(
+                lambda p=prediction: plot_ema_vs_reduced_lr(p),
+                "Predicted (noisy quadratic model, fitted curvature)",
+                [r.source(f"{ANALYSIS_DIR}/{THEORY}")],
             )
         )
-        tp = dict(th.get("two_point") or {})
-        measured = _measured_two_point(members)
-        if tp and measured and len(measured["n"]) and max(measured["n"]) > 1:
-            # several seeds: the measured points become mean ± std; the prediction stays on its own gaps
-            tp.update(measured)
-            tp["predicted_gain"] = _on_gaps(th.get("two_point") or {}, measured["gaps"])
-        if tp.get("gaps"):
-            body.append(
-                _figure(
-                    lambda t=tp: figures.plot_two_point_theory(t),
-                    "Two-point averaging 1/2 (theta_T + theta_(T-k)), BN recalibrated: measured test-loss"
-                    " gain over the last iterate vs the noisy quadratic model's prediction. "
-                    + str(tp.get("note", "")),
-                    [src] + [m.source(f"{ANALYSIS_DIR}/{POST_HOC}") for m in members if m.post_hoc],
-                )
-            )
-            pred = tp.get("predicted_gain") or [math.nan] * len(tp["gaps"])
-            ratio = tp.get("predicted_ratio") or [math.nan] * len(tp["gaps"])
-            std = tp.get("measured_gain_std") or [math.nan] * len(tp["gaps"])
-            body.append(
-                _table(
-                    ["gap k", "predicted excess-loss ratio", "predicted gain", "measured gain", "± std"],
-                    [
-                        [int(k), _float(q), _float(p), _float(g), _float(s)]
-                        for k, q, p, g, s in zip(tp["gaps"], ratio, pred, tp["measured_gain"], std)
-                    ],
-                )
-            )
-        ema = th.get("ema") or {}
-        if ema:
-            reduced = _reduced_lr_runs(r, runs)
-            prediction = ema.get("prediction")
-            figs = []
-            if prediction:
-                figs.append(
-                    _figure(
-                        lambda p=prediction: plot_ema_vs_reduced_lr(p),
-                        "Predicted (noisy quadratic model, fitted curvature)",
-                        [src],
-                    )
-                )
-            figs.append(
-                _figure(
-                    lambda ms=members, e=ema, red=reduced: figures.plot_ema_measured(
-                        {m.label: m.metrics for m in ms},
-                        str(e.get("name")),
-                        {o.label: o.metrics for o in red},
-                    ),
-                    "Measured (test loss, BN recalibrated)",
-                    [m.source("metrics.jsonl") for m in [*members, *reduced]],
-                )
-            )
-            body.append(f"<div class='side'>{''.join(figs)}</div>")
-            rows = [
-                [k, _float(v) if isinstance(v, int | float) else str(v)]
-                for k, v in ema.items()
-                if k != "prediction"
-            ]
-            rows += [[f"reduced-lr run {o.label}: lr", _float(o.config["optim"]["lr"])] for o in reduced]
-            body.append(_table(["EMA vs reduced lr", "value"], rows))
-            if not reduced:
-                body.append(
-                    _missing(
-                        "a measured run at the reduced lr",
-                        f"Train the same config with --set optim.lr={_num(_float(ema.get('reduced_lr')))}"
-                        " and pass its run directory to `trajlab report` to see it next to the EMA.",
-                    )
-                )
-    if not body:
-        body.append(
-            _missing("theory fits (analysis/theory.json)", "`trajlab demo` fits the noisy quadratic model.")
+    figs.append(
+        _figure(
+            lambda ms=members, e=ema, red=reduced: figures.plot_ema_measured(
+                {m.label: m.metrics for m in ms},
+                str(e.get("name")),
+                {o.label: o.metrics for o in red},
+            ),
+            "Measured (test loss, BN recalibrated)",
+            [m.source("metrics.jsonl") for m in [*members, *reduced]],
         )
-    return _section("theory", "Theory vs measurement", "".join(body))
+    )
+    rows = [
+        [k, _float(v) if isinstance(v, int | float) else str(v)] for k, v in ema.items() if k != "prediction"
+    ]
+    rows += [[f"reduced-lr run {o.label}: lr", _float(o.config["optim"]["lr"])] for o in reduced]
+    return {
+        "figures": figs,
+        "table": _table(["EMA vs reduced lr", "value"], rows),
+        "reduced_lr": None if reduced else _num(_float(ema.get("reduced_lr"))),
+    }
 
 
 def _on_gaps(two_point: dict[str, Any], gaps: Sequence[int]) -> list[float]:

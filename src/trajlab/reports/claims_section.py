@@ -1,6 +1,7 @@
 """The report's claims section: ``trajlab reproduce``'s ``claim_<X>.json`` files shown as a verdict table,
 then per claim its criterion, the checks behind the verdict, the window it was measured in, its headline
-numbers and its figure (the PNG the driver wrote next to the JSON, embedded).
+numbers and its figure (the PNG the driver wrote next to the JSON, embedded). This module gathers the data;
+``templates/claims.html.j2`` writes the markup.
 
 Kept apart from :mod:`~trajlab.reports.sections` because it reads a different kind of input (claim result
 documents, not run directories) and embeds image files instead of drawing figures.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trajlab.reports.html_utils import _num, _section, _table, esc
+from trajlab.reports.fragments import Figure, _num, _table
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,25 @@ def _embedded_png(json_path: Path, figure: str) -> tuple[str | None, str]:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), ""
 
 
-def _window(doc: dict[str, Any]) -> str:
+def _window(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The measurement window's ends, length, whether it was a plateau and of what; None without one."""
     w = doc.get("window")
     if not isinstance(w, dict) or "branch_step" not in w:
-        return ""
-    if w.get("in_plateau"):
-        answer, why = "yes", f"the {w.get('stationarity', 'train loss')} plateaued in every seed"
-    else:
-        answer, why = "no", "neither the train loss nor the held-out loss plateaued in every seed"
-    return (
-        f"<p>Window [{esc(w.get('branch_step'))}, {esc(w.get('end_step'))}] "
-        f"({esc(w.get('length_steps'))} steps); quasi-stationary: <b>{answer}</b> ({esc(why)}).</p>"
-    )
+        return None
+    return {
+        "branch_step": str(w.get("branch_step")),
+        "end_step": str(w.get("end_step")),
+        "length_steps": str(w.get("length_steps")),
+        "in_plateau": bool(w.get("in_plateau")),
+        "stationarity": str(w.get("stationarity", "train loss")),
+    }
 
 
-def claims_section(claims: Sequence[tuple[int, Path, dict[str, Any]]]) -> str:
-    """The claims section; ``claims`` holds (index among the extra results, path, document)."""
+def claims_section(claims: Sequence[tuple[int, Path, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The claims section's data (None without claims); ``claims`` holds (index among the extra results,
+    path, document). ``table``: the verdicts; ``claims``: per claim what its subsection shows."""
     if not claims:
-        return ""
+        return None
     order = sorted(claims, key=lambda c: str(c[2].get("claim")))
     rows = []
     for i, _, d in order:
@@ -94,35 +96,33 @@ def claims_section(claims: Sequence[tuple[int, Path, dict[str, Any]]]) -> str:
         seeds = ", ".join(map(str, d.get("seeds") or []))
         budget = d.get("budget", "")
         rows.append([d.get("claim"), v.get("verdict"), v.get("n", ""), seeds, budget, f"X{i + 1}"])
-    body = [_table(["claim", "verdict", "n", "seeds", "budget", "from"], rows)]
-    body.append(
-        "<p class='note'>Verdicts are computed by the drivers in <code>trajlab.experiments.claims</code> "
-        "from the criterion shown with each claim; <i>inconclusive</i> means a precondition (such as a "
-        "quasi-stationary window) did not hold, so the checks say nothing about the claim.</p>"
-    )
-    for i, path, d in order:
-        v = d["verdict"]
-        claim = esc(d.get("claim"))
-        body.append(f"<h3 id='claim-{claim}'>Claim {claim}: {esc(v.get('verdict'))}</h3>")
-        body.append(f"<p><b>Criterion.</b> {esc(v.get('criterion', ''))}</p>")
-        if d.get("protocol"):
-            body.append(f"<p class='note'><b>Protocol.</b> {esc(d['protocol'])}</p>")
-        body.append(_window(d))
-        checks = [[f"precondition: {k}", _yes_no(x)] for k, x in (v.get("preconditions") or {}).items()]
-        checks += [[k, _yes_no(x)] for k, x in (v.get("checks") or {}).items()]
-        if checks:
-            body.append(_table(["check", "passed"], checks))
-        head = _headline(v)
-        if head:
-            body.append(_table(["number", "value"], head))
-        for fig in d.get("figures") or []:
-            uri, problem = _embedded_png(path, fig)
-            name = Path(str(fig)).name
-            if uri is None:
-                body.append(f"<p class='missing'>figure {esc(name)} {esc(problem)}</p>")
-            else:
-                body.append(
-                    f'<figure><img src="{uri}" alt="claim {esc(d.get("claim"))}: {esc(name)}">'
-                    f"<figcaption>{esc(name)} <span class='note'>[from X{i + 1}]</span></figcaption></figure>"
-                )
-    return _section("claims", "The paper's claims", "".join(body))
+    return {
+        "table": _table(["claim", "verdict", "n", "seeds", "budget", "from"], rows),
+        "claims": [_claim(i, path, d) for i, path, d in order],
+    }
+
+
+def _claim(i: int, path: Path, d: dict[str, Any]) -> dict[str, Any]:
+    """One claim's subsection: verdict, criterion, protocol, window, checks and headline tables (None when
+    empty) and its figures (read from the PNGs next to the JSON; ``uri`` None with the reason)."""
+    v = d["verdict"]
+    checks = [[f"precondition: {k}", _yes_no(x)] for k, x in (v.get("preconditions") or {}).items()]
+    checks += [[k, _yes_no(x)] for k, x in (v.get("checks") or {}).items()]
+    head = _headline(v)
+    figs = []
+    for fig in d.get("figures") or []:
+        uri, problem = _embedded_png(path, fig)
+        name = Path(str(fig)).name
+        figs.append(
+            Figure(name, (f"X{i + 1}",), uri=uri, error=problem, alt=f"claim {d.get('claim')}: {name}")
+        )
+    return {
+        "claim": str(d.get("claim")),
+        "verdict": str(v.get("verdict")),
+        "criterion": str(v.get("criterion", "")),
+        "protocol": str(d.get("protocol") or ""),
+        "window": _window(d),
+        "checks": _table(["check", "passed"], checks) if checks else None,
+        "headline": _table(["number", "value"], head) if head else None,
+        "figures": figs,
+    }

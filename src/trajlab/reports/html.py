@@ -20,12 +20,15 @@ Extra result files (``extra_results``) are shown as tables; those of ``trajlab a
 
 The page embeds its figures as PNG data URIs, has inline CSS only, needs no script and no network, and
 carries a Content-Security-Policy that forbids scripts and remote loads. Every string that comes from a
-file (paths, config values, names) is HTML-escaped.
+file (paths, config values, names) is HTML-escaped: the page is rendered from Jinja2 templates
+(``templates/``) with autoescaping, and Python hands them plain data, never markup.
 
-Modules: this one assembles the page (:func:`build_report`); :mod:`~trajlab.reports.run_results` reads
-and groups the files, :mod:`~trajlab.reports.html_utils` escapes and builds fragments, and
-:mod:`~trajlab.reports.sections` / :mod:`~trajlab.reports.averaging_sections` build the sections. The
-reading API (``load_run``, ``RunResults``, the file names) is re-exported here.
+Modules: this one gathers the sections' data and renders the page (:func:`build_report`);
+:mod:`~trajlab.reports.run_results` reads and groups the files; :mod:`~trajlab.reports.sections`,
+:mod:`~trajlab.reports.averaging_sections` and :mod:`~trajlab.reports.claims_section` compute what each
+section shows (figures drawn, tables of formatted values; :mod:`~trajlab.reports.fragments`), and
+:mod:`~trajlab.reports.templating` holds the template environment. The reading API (``load_run``,
+``RunResults``, the file names) is re-exported here.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import datetime as _dt
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from trajlab import files
 from trajlab.reports.averaging_sections import _averaging, _theory
 from trajlab.reports.claims_section import claims_section, is_claim
-from trajlab.reports.html_utils import Raw, esc
 from trajlab.reports.run_results import (
     ANALYSIS_DIR,
     ANALYSIS_PROVENANCE,
@@ -53,6 +57,7 @@ from trajlab.reports.run_results import (
     load_run,
 )
 from trajlab.reports.sections import _extra, _line_probes, _memory, _overview, _provenance, _training
+from trajlab.reports.templating import template_environment
 from trajlab.version import __version__
 
 __all__ = [
@@ -64,27 +69,11 @@ __all__ = [
     "POST_HOC",
     "PROBE_COMMAND_RESULT",
     "THEORY",
-    "Raw",
     "RunResults",
     "build_report",
     "config_key",
-    "esc",
     "load_run",
 ]
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;
-padding:1em 2em;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{margin:.8em 0}figure img{max-width:100%;border:1px solid #eee}
-figcaption,.note{color:#555;font-size:.88em}.missing{color:#8a5a00;background:#fff8e6;padding:.3em .6em}
-.side{display:flex;flex-wrap:wrap;gap:1em}.side figure{flex:1 1 420px}
-pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em;max-height:30em}code{font-size:.9em}
-"""
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def build_report(
@@ -112,42 +101,51 @@ def build_report(
     if not run_dirs and not extra_results:
         raise ValueError("build_report needs at least one run directory or result file")
     runs = [load_run(d, f"R{i + 1}") for i, d in enumerate(run_dirs)]
+    extras = _read_extras(extra_results)
+    # The whole page is rendered before anything is written: a template error leaves no half file.
+    page = (
+        template_environment()
+        .get_template("page.html.j2")
+        .render(
+            title=title,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            version=__version__,
+            **_run_sections(runs, extras),
+            claims=claims_section([(i, p, d) for i, (p, d) in enumerate(extras) if is_claim(d)]),
+            extra=_extra(extras),
+            provenance=_provenance(runs, extras),
+        )
+    )
+    out = Path(out_html)
+    files.make_dirs(out.parent)
+    files.write_text_atomic(out, page)
+    return out
+
+
+def _run_sections(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> dict[str, Any]:
+    """The data of the sections about runs, by the name the page template gives them."""
+    names = ("overview", "training", "probes", "memory", "averaging", "theory")
+    if not runs:
+        # Without run directories (e.g. only claim results) these sections would only say "not
+        # available": the page leaves them out (the template skips them when ``overview`` is None).
+        return dict.fromkeys(names)
+    return {
+        "overview": _overview(runs, extras),
+        "training": _training(runs),
+        "probes": _line_probes(runs),
+        "memory": _memory(runs),
+        "averaging": _averaging(runs),
+        "theory": _theory(runs),
+    }
+
+
+def _read_extras(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Any]]:
+    """Each extra result file with its parsed JSON; FileNotFoundError names one that is missing or broken."""
     extras = []
-    for p in extra_results:
-        p = Path(p)
+    for p in map(Path, paths):
         problems: list[str] = []
         data = _read_json(p, problems)
         if data is None:
             raise FileNotFoundError(f"result file {p}: {'; '.join(problems) or 'not found'}")
         extras.append((p, data))
-    # Without run directories (e.g. only claim results) the run sections would only say "not available".
-    run_parts = (
-        [_overview(runs, extras), _training(runs), _line_probes(runs), _memory(runs), _averaging(runs)]
-        + [_theory(runs)]
-        if runs
-        else []
-    )
-    parts = [
-        *run_parts,
-        claims_section([(i, p, d) for i, (p, d) in enumerate(extras) if is_claim(d)]),
-        _extra(extras),
-        _provenance(runs, extras),
-    ]
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    page = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p class='note'>Generated {esc(created)} by trajlab {esc(__version__)}"
-        " from result files only. Every figure and table cites its source as <code>R&lt;n&gt;:file</code>;"
-        " the provenance section maps R&lt;n&gt; to its run directory, config, seed and code version.</p>"
-        + "".join(parts)
-        + "</body></html>\n"
-    )
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return extras

@@ -1,10 +1,11 @@
-"""The report's sections about runs and files: overview, training curves, line probes, batch memory,
-other result files and provenance.
+"""The data of the report's sections about runs and files: overview, training curves, line probes, batch
+memory, other result files and provenance.
 
-Each ``_<section>(...)`` returns one ``<section>`` of HTML from already-read results
-(:class:`~trajlab.reports.run_results.RunResults`); :func:`trajlab.reports.html.build_report` puts them in
-order. The averaging table and the theory comparison live in :mod:`~trajlab.reports.averaging_sections`,
-which keeps each module within the module budget.
+Each ``_<section>(...)`` returns what the section shows (figures drawn, tables of formatted values, plain
+strings) from already-read results (:class:`~trajlab.reports.run_results.RunResults`); the macro of the
+same name in ``templates/runs.html.j2`` writes its markup, and :func:`trajlab.reports.html.build_report`
+puts the sections in order. The averaging table and the theory comparison live in
+:mod:`~trajlab.reports.averaging_sections`, which keeps each module within the module budget.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import numpy as np
 
 from trajlab.reports import figures
 from trajlab.reports.claims_section import is_claim
-from trajlab.reports.html_utils import _figure, _float, _missing, _num, _section, _table, esc
+from trajlab.reports.fragments import Table, _figure, _float, _num, _table
 from trajlab.reports.run_results import ANALYSIS_DIR, RunResults, _final_eval, _groups
 
 
-def _overview(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> str:
+def _overview(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> dict[str, Any]:
     rows = []
     for r in runs:
         final = _final_eval(r)
@@ -40,7 +41,7 @@ def _overview(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) ->
                 status,
             ]
         )
-    body = _table(
+    table = _table(
         [
             "run",
             "directory",
@@ -53,128 +54,116 @@ def _overview(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) ->
         ],
         rows,
     )
-    problems = [f"{r.label}: {p}" for r in runs for p in r.problems]
-    if problems:
-        body += "<p class='missing'>Problems reading inputs:</p><ul>"
-        body += "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul>"
-    if extras:
-        body += "<p>Extra result files: " + ", ".join(f"<code>{esc(p)}</code>" for p, _ in extras) + "</p>"
-    return _section("overview", "Runs", body)
+    return {
+        "table": table,
+        "problems": [f"{r.label}: {p}" for r in runs for p in r.problems],
+        "extras": [str(p) for p, _ in extras],
+    }
 
 
-def _training(runs: Sequence[RunResults]) -> str:
-    body = []
+def _training(runs: Sequence[RunResults]) -> dict[str, Any]:
+    """``groups``: per configuration its ``name`` and ``figure`` (None: no eval rows yet)."""
+    groups = []
     for name, members in _groups(runs):
         with_evals = [m for m in members if any(row.get("kind") == "eval" for row in m.metrics)]
         if not with_evals:
-            body.append(_missing(f"eval rows in metrics.jsonl of {name}", "The run has not evaluated yet."))
+            groups.append({"name": name, "figure": None})
             continue
-        body.append(
-            _figure(
-                lambda w=with_evals, n=name: figures.plot_training_curves({m.label: m.metrics for m in w}, n),
-                f"Test loss and accuracy of the live model and the online averages: {name}. 'live' uses the"
-                " running BN statistics, 'live_recal' and every average recalibrated BN statistics.",
-                [m.source("metrics.jsonl") for m in with_evals],
-            )
+        figure = _figure(
+            lambda w=with_evals, n=name: figures.plot_training_curves({m.label: m.metrics for m in w}, n),
+            f"Test loss and accuracy of the live model and the online averages: {name}. 'live' uses the"
+            " running BN statistics, 'live_recal' and every average recalibrated BN statistics.",
+            [m.source("metrics.jsonl") for m in with_evals],
         )
-    return _section("training", "Training curves with the online averages", "".join(body))
+        groups.append({"name": name, "figure": figure})
+    return {"groups": groups}
 
 
-def _line_probes(runs: Sequence[RunResults]) -> str:
+def _line_probes(runs: Sequence[RunResults]) -> dict[str, Any]:
+    """``runs``: per run with line probes its ``label``, the ``parabolas`` and ``lr_star`` figures, the
+    ``table`` of every probe and claim A's ``medians`` (no such run: the template says how to get them)."""
     from trajlab.reports.probe_plots import plot_lr_star_over_training
 
-    body = []
+    shown = []
     for r in runs:
         if not r.probes:
             continue
         src = [r.source(r.files["probes"])]
         batch_bn = [p for p in r.probes if p.get("bn", "batch") == "batch"] or r.probes
-        body.append(f"<h3>{esc(r.label)}</h3>")
-        body.append(
-            _figure(
-                lambda p=batch_bn: figures.plot_parabolas(p),
-                "Loss of a fixed training batch along its own gradient, f(lr) = L_B(theta - lr g_B), at"
-                " several checkpoints, with the parabola fitted on [0, 2 lr*] and a held-out batch along the"
-                " same line (the control).",
-                src,
-            )
-        )
         records = [p for p in r.probes if "lr_star" in p and "step" in p]
-        body.append(
-            _figure(
-                lambda rec=records: plot_lr_star_over_training(rec), "Best one-step lr* over training", src
-            )
+        parabolas = _figure(
+            lambda p=batch_bn: figures.plot_parabolas(p),
+            "Loss of a fixed training batch along its own gradient, f(lr) = L_B(theta - lr g_B), at"
+            " several checkpoints, with the parabola fitted on [0, 2 lr*] and a held-out batch along the"
+            " same line (the control).",
+            src,
         )
-        rows = []
-        for p in sorted(r.probes, key=lambda p: (p.get("step", 0), p.get("bn", ""))):
-            control = p.get("control_at_lr_star") or {}
-            rows.append(
-                [
-                    p.get("step"),
-                    p.get("bn"),
-                    _float(p.get("lr")),
-                    _float(p.get("lr_star")),
-                    _float(p.get("lr_star_over_lr")),
-                    _float((p.get("fit") or {}).get("r2")),
-                    _float(p.get("loss_at_zero")),
-                    _float(p.get("one_step_fraction")),
-                    _float(next(iter(control.values()), math.nan)),
-                    p.get("bracketed"),
-                ]
-            )
-        body.append(
-            _table(
-                [
-                    "step",
-                    "BN",
-                    "lr",
-                    "lr*",
-                    "lr*/lr",
-                    "R² on [0, 2lr*]",
-                    "f(0)",
-                    "f(lr*)/f(0)",
-                    "held-out L(lr*)/L(0)",
-                    "bracketed",
-                ],
-                rows,
-            )
+        lr_star = _figure(
+            lambda rec=records: plot_lr_star_over_training(rec), "Best one-step lr* over training", src
         )
-        body.append(_claim_a(batch_bn))
-    if not body:
-        body.append(
-            _missing("line probes (analysis/line_probes.jsonl) in any run", "`trajlab demo` writes them.")
+        shown.append(
+            {
+                "label": r.label,
+                "parabolas": parabolas,
+                "lr_star": lr_star,
+                "table": _probe_table(r.probes),
+                "medians": _claim_a(batch_bn),
+            }
         )
-    return _section("probes", "Fixed-batch loss vs lr (claim A)", "".join(body))
+    return {"runs": shown}
 
 
-def _claim_a(probes: Sequence[dict[str, Any]]) -> str:
-    def med(key: Callable[[dict[str, Any]], Any]) -> float:
+def _probe_table(probes: Sequence[dict[str, Any]]) -> Table:
+    rows = []
+    for p in sorted(probes, key=lambda p: (p.get("step", 0), p.get("bn", ""))):
+        control = p.get("control_at_lr_star") or {}
+        rows.append(
+            [
+                p.get("step"),
+                p.get("bn"),
+                _float(p.get("lr")),
+                _float(p.get("lr_star")),
+                _float(p.get("lr_star_over_lr")),
+                _float((p.get("fit") or {}).get("r2")),
+                _float(p.get("loss_at_zero")),
+                _float(p.get("one_step_fraction")),
+                _float(next(iter(control.values()), math.nan)),
+                p.get("bracketed"),
+            ]
+        )
+    headers = ["step", "BN", "lr", "lr*", "lr*/lr", "R² on [0, 2lr*]", "f(0)", "f(lr*)/f(0)"]
+    return _table([*headers, "held-out L(lr*)/L(0)", "bracketed"], rows)
+
+
+def _claim_a(probes: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Claim A's medians over the probed checkpoints, formatted: ``n``, ``r2``, ``frac`` (f(lr*)/f(0)),
+    ``ratio`` (lr*/lr), ``control`` (held-out loss ratio at lr*)."""
+
+    def med(key: Callable[[dict[str, Any]], Any]) -> str:
         vals = [_float(key(p)) for p in probes]
         vals = [v for v in vals if math.isfinite(v)]
-        return float(np.median(vals)) if vals else math.nan
+        return _num(float(np.median(vals)) if vals else math.nan)
 
-    r2 = med(lambda p: (p.get("fit") or {}).get("r2"))
-    frac = med(lambda p: p.get("one_step_fraction"))
-    ratio = med(lambda p: p.get("lr_star_over_lr"))
-    control = med(lambda p: next(iter((p.get("control_at_lr_star") or {}).values()), math.nan))
-    return (
-        f"<p>Medians over {len(probes)} checkpoints: R² {esc(_num(r2))}, f(lr*)/f(0) {esc(_num(frac))}, "
-        f"lr*/lr {esc(_num(ratio))}, held-out loss ratio at lr* {esc(_num(control))}. "
-        "<span class='note'>paper.md claim A counts as reproduced when R² ≳ 0.9, f(lr*) is under 10-20% of "
-        "f(0), lr* ≫ lr and the held-out batch improves far less.</span></p>"
-    )
+    return {
+        "n": str(len(probes)),
+        "r2": med(lambda p: (p.get("fit") or {}).get("r2")),
+        "frac": med(lambda p: p.get("one_step_fraction")),
+        "ratio": med(lambda p: p.get("lr_star_over_lr")),
+        "control": med(lambda p: next(iter((p.get("control_at_lr_star") or {}).values()), math.nan)),
+    }
 
 
-def _memory(runs: Sequence[RunResults]) -> str:
+def _memory(runs: Sequence[RunResults]) -> dict[str, Any]:
+    """``runs``: per run with a loss matrix or batch memory its ``label`` and ``figures``."""
     from trajlab.reports.probe_plots import plot_batch_memory, plot_loss_matrix
 
-    body = []
+    shown = []
     for r in runs:
         if r.loss_matrix is None and r.batch_memory is None:
             continue
-        body.append(f"<h3>{esc(r.label)}</h3>")
+        figs = []
         if r.loss_matrix is not None:
-            body.append(
+            figs.append(
                 _figure(
                     lambda m=r.loss_matrix: plot_loss_matrix(m),
                     "Loss matrix: training batches B_u (rows; x marks the step u that used them) and"
@@ -184,7 +173,7 @@ def _memory(runs: Sequence[RunResults]) -> str:
             )
         if r.batch_memory is not None:
             rate = _float(r.batch_memory.get("decay_rate_per_step"))
-            body.append(
+            figs.append(
                 _figure(
                     lambda m=r.batch_memory: plot_batch_memory(m),
                     "Batch memory (claim B): held-out mean loss minus the loss of a batch, against steps"
@@ -192,9 +181,8 @@ def _memory(runs: Sequence[RunResults]) -> str:
                     [r.source(r.files["memory"])],
                 )
             )
-    if not body:
-        body.append(_missing("a loss matrix (analysis/loss_matrix.json)", "`trajlab demo` writes one."))
-    return _section("memory", "Loss matrix and batch memory (claim B)", "".join(body))
+        shown.append({"label": r.label, "figures": figs})
+    return {"runs": shown}
 
 
 def _flatten(data: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
@@ -212,38 +200,48 @@ def _flatten(data: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str
     return [(prefix, _num(data) if isinstance(data, float) else str(data))]
 
 
-def _extra(extras: Sequence[tuple[Path, Any]]) -> str:
-    if not extras:
-        return ""
-    body = []
+_MAX_FIELDS = 300  # rows of an extra result's field table; the rest are counted, not shown
+
+
+def _extra(extras: Sequence[tuple[Path, Any]]) -> dict[str, Any] | None:
+    """``results``: per extra result that is not a claim its ``label`` (X<n>), ``name``, ``path``, the
+    ``average`` table or ``probe_figure`` of ``trajlab average``/``probe`` files (else None), the
+    ``fields`` table and how many ``more_fields`` it leaves out. None when there is nothing to show."""
+    results = []
     for i, (path, data) in enumerate(extras):
         if is_claim(data):  # shown by the claims section
             continue
-        body.append(f"<h3>X{i + 1}: {esc(path.name)}</h3>")
+        label, average, probe_figure = f"X{i + 1}", None, None
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind == "trajlab.average" and isinstance(data.get("rows"), list):
             # ``trajlab average --out FILE``: one row per (rule, step, BN mode)
-            body.append(
-                f"<p>Post-hoc averages of <code>{esc(data.get('run_dir'))}</code>, updated every "
-                f"{esc(data.get('every_steps'))} step(s).</p>"
-            )
             keys = ("rule", "at_step", "bn", "test_loss", "test_acc")
-            body.append(_table(keys, [[row.get(k) for k in keys] for row in data["rows"]]))
+            average = {
+                "run_dir": str(data.get("run_dir")),
+                "every_steps": str(data.get("every_steps")),
+                "table": _table(keys, [[row.get(k) for k in keys] for row in data["rows"]]),
+            }
             data = {k: v for k, v in data.items() if k not in ("rows", "run_config", "run_provenance")}
         elif kind == "trajlab.probe" and data.get("line"):
-            body.append(
-                _figure(
-                    lambda d=data: figures.plot_parabolas(d["line"]),
-                    "Line profiles from `trajlab probe`",
-                    [f"X{i + 1}"],
-                )
+            probe_figure = _figure(
+                lambda d=data: figures.plot_parabolas(d["line"]),
+                "Line profiles from `trajlab probe`",
+                [label],
             )
             data = {k: v for k, v in data.items() if k not in ("line", "matrix", "alignment", "run_config")}
         items = [(k, v) for k, v in _flatten(data) if not k.startswith("provenance")]
-        body.append(_table(["field", "value"], items[:300]))
-        if len(items) > 300:
-            body.append(f"<p class='note'>{len(items) - 300} more fields in {esc(path)}</p>")
-    return _section("extra", "Other results", "".join(body)) if body else ""
+        results.append(
+            {
+                "label": label,
+                "name": path.name,
+                "path": str(path),
+                "average": average,
+                "probe_figure": probe_figure,
+                "fields": _table(["field", "value"], items[:_MAX_FIELDS]),
+                "more_fields": max(0, len(items) - _MAX_FIELDS),
+            }
+        )
+    return {"results": results} if results else None
 
 
 _PROVENANCE_KEYS = ("trajlab", "python", "torch", "numpy", "device", "platform", "hostname", "created_utc")
@@ -261,33 +259,37 @@ def _provenance_rows(prov: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def _provenance(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> str:
-    body = []
+def _provenance(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> dict[str, Any]:
+    """``runs``: per run its ``label``, provenance ``table``, analysis ``stages`` table (None without
+    stamps) and ``config_json``; ``extras``: per extra result its ``label`` and ``table``."""
+    shown = []
     for r in runs:
         cfg = r.config or {}
         rows = [["directory", str(r.path)], ["preset", cfg.get("preset") or "custom"], ["seed", r.seed]]
         rows += _provenance_rows(r.provenance or {}) if r.provenance else [["provenance.json", "missing"]]
-        body.append(f"<h3>{esc(r.label)}</h3>" + _table(["", ""], rows))
         stamps = r.analysis_provenance or {}
+        stages = None
         if isinstance(stamps, dict) and stamps:
-            body.append(
-                f"<p>{esc(r.label)}: analysis stages (files under <code>{ANALYSIS_DIR}/</code>)</p>"
-                + _table(
-                    ["stage", "git revision", "trajlab", "torch", "device", "computed (UTC)"],
-                    [_stamp_row(name, st) for name, st in stamps.items() if isinstance(st, dict)],
-                )
+            stages = _table(
+                ["stage", "git revision", "trajlab", "torch", "device", "computed (UTC)"],
+                [_stamp_row(name, st) for name, st in stamps.items() if isinstance(st, dict)],
             )
-        body.append(
-            f"<details><summary>{esc(r.label)} config.json (the fully resolved configuration)</summary>"
-            f"<pre>{esc(json.dumps(cfg, indent=2))}</pre></details>"
+        shown.append(
+            {
+                "label": r.label,
+                "table": _table(["", ""], rows),
+                "stages": stages,
+                "config_json": json.dumps(cfg, indent=2),
+            }
         )
+    files = []
     for i, (path, data) in enumerate(extras):
         prov = data.get("provenance") if isinstance(data, dict) else None
         rows = [["file", str(path)]] + (
             _provenance_rows(prov) if isinstance(prov, dict) else [["provenance", "none"]]
         )
-        body.append(f"<h3>X{i + 1}</h3>" + _table(["", ""], rows))
-    return _section("provenance", "Provenance", "".join(body))
+        files.append({"label": f"X{i + 1}", "table": _table(["", ""], rows)})
+    return {"runs": shown, "extras": files, "analysis_dir": ANALYSIS_DIR}
 
 
 def _stamp_row(stage: str, prov: dict[str, Any]) -> list[Any]:
