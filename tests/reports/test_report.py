@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import tiny_demo_run
 
+from trajlab.files import write_run_json
 from trajlab.reports.html import build_report
 
 
@@ -60,7 +61,7 @@ def test_user_strings_are_escaped(demo_run: Path, tmp_path: Path) -> None:
     cfg = json.loads((run / "config.json").read_text())
     cfg["preset"] = evil
     cfg["data"]["data_dir"] = f'"><img src=x onerror=alert(1)>{evil}'
-    (run / "config.json").write_text(json.dumps(cfg))
+    write_run_json(run, "config.json", cfg)  # records the new checksum
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({evil: evil, "provenance": {"command": [evil]}}))
     page = build_report([run], tmp_path / "r.html", extra_results=[extra], title=evil).read_text()
@@ -76,7 +77,7 @@ def test_runs_differing_only_by_seed_give_mean_std(demo_run: Path, tmp_path: Pat
         shutil.copytree(demo_run, run)
         cfg = json.loads((run / "config.json").read_text())
         cfg["train"]["seed"] = seed
-        (run / "config.json").write_text(json.dumps(cfg))
+        write_run_json(run, "config.json", cfg)  # records the new checksum
         post = json.loads((run / "analysis/post_hoc.json").read_text())
         for row in post["rows"]:
             row["test_acc"] += 0.01 * seed

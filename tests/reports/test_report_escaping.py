@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import tiny_demo_run
 
+from trajlab.files import write_run_json
 from trajlab.reports import figures, probe_plots
 from trajlab.reports.fragments import Figure
 from trajlab.reports.html import build_report
@@ -66,7 +67,7 @@ def _evil_inputs(demo_run: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
     shutil.copytree(demo_run, run)
     cfg = json.loads((run / "config.json").read_text())
     cfg["preset"] = EVIL  # the group name: training caption, averaging and theory headings, provenance
-    (run / "config.json").write_text(json.dumps(cfg))
+    write_run_json(run, "config.json", cfg)  # records the new checksum
     probes = run / "analysis/line_probes.jsonl"
     lines = [{**json.loads(x), "bracketed": EVIL} for x in probes.read_text().splitlines()]
     probes.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

@@ -6,9 +6,10 @@ The registrar only builds the parser; :mod:`trajlab.cli` reads argv and calls ``
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from trajlab.commands.io import emit
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -23,15 +24,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             extras.append(path)
         elif not path.is_dir():
             raise RunDirError(f"{item} is neither a run directory nor a .json result file")
-        elif not (path / "config.json").is_file():
-            raise RunDirError(f"{item} is not a trajlab run directory (no config.json)")
+        elif not ((path / "config.json").is_file() or (path / "recipe.json").is_file()):
+            raise RunDirError(f"{item} is not a trajlab run directory (no config.json or recipe.json)")
         else:
             run_dirs.append(path)
     for extra in extras:
         if not Path(extra).is_file():
             raise RunDirError(f"result file {extra} does not exist")
-    out = build_report(run_dirs, args.out, extra_results=extras, title=args.title)
-    sys.stdout.write(f"report: {out.resolve()}\n")
+    out = build_report(run_dirs, args.out, extra_results=extras, title=args.title, verify=not args.no_verify)
+    emit(f"report: {out.resolve()}")
     return 0
 
 
@@ -51,4 +52,9 @@ def register(sub: Any) -> None:
         "--result", action="append", metavar="FILE", help="an extra result JSON file to include (repeatable)"
     )
     p.add_argument("--title", default="trajlab report", help="page title")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="read run files even when they differ from their checksums (the page says so)",
+    )
     p.set_defaults(func=cmd_report)

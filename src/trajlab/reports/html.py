@@ -82,6 +82,7 @@ def build_report(
     *,
     extra_results: Sequence[str | os.PathLike] = (),
     title: str = "trajlab report",
+    verify: bool = True,
 ) -> Path:
     """Write one self-contained HTML report of ``run_dirs`` (and extra result JSON files).
 
@@ -90,6 +91,7 @@ def build_report(
         out_html: the HTML file to write (parent directories are created; written atomically).
         extra_results: further JSON result files, shown as tables with their provenance.
         title: the page title.
+        verify: check each run's own files against their checksums (a damaged one raises).
 
     Returns:
         The path of the written HTML file.
@@ -100,7 +102,10 @@ def build_report(
     """
     if not run_dirs and not extra_results:
         raise ValueError("build_report needs at least one run directory or result file")
-    runs = [load_run(d, f"R{i + 1}") for i, d in enumerate(run_dirs)]
+    runs = [load_run(d, f"R{i + 1}", verify=verify) for i, d in enumerate(run_dirs)]
+    if not verify:
+        for r in runs:
+            r.problems.append("read with --no-verify: files were not checked against their checksums")
     extras = _read_extras(extra_results)
     # The whole page is rendered before anything is written: a template error leaves no half file.
     page = (

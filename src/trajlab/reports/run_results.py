@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trajlab import files
+from trajlab.train.metrics import read_metrics
+
 ANALYSIS_DIR = "analysis"
 LINE_PROBES = "line_probes.jsonl"
 LOSS_MATRIX = "loss_matrix.json"
@@ -50,7 +53,8 @@ class RunResults:
 
     @property
     def seed(self) -> Any:
-        return (self.config or {}).get("train", {}).get("seed")
+        config = self.config or {}
+        return config.get("train", {}).get("seed", config.get("seed"))
 
     def source(self, name: str) -> str:
         """How the report cites a file of this run: ``R1:analysis/post_hoc.json``."""
@@ -81,19 +85,41 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(path: str | os.PathLike, label: str) -> RunResults:
-    """Read a run directory's result files (see the module docstring for the layout)."""
+def _read_run_json(run_dir: Path, name: str, verify: bool) -> Any:
+    """A file of the run itself, checked against ``checksums.json``: damage raises, it is not a note."""
+    if not (run_dir / name).is_file():
+        return None
+    data = files.read_verified(run_dir, name, verify=verify)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise files.ChecksumError(
+            f"{run_dir / name}: unreadable ({type(e).__name__}); run `trajlab runs verify`"
+        ) from None
+
+
+def load_run(path: str | os.PathLike, label: str, *, verify: bool = True) -> RunResults:
+    """Read a run directory's result files (see the module docstring for the layout).
+
+    The run's own files (``config.json`` or ``recipe.json``, provenance, summary, metrics) are checked
+    against their checksums (``verify``); a damaged one raises (:class:`trajlab.files.ChecksumError`,
+    :class:`trajlab.train.metrics.MetricsDamaged`), while an unreadable analysis file becomes a note.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; give trajlab run directories")
     r = RunResults(path=path, label=label)
     p = r.problems
-    r.config = _read_json(path / "config.json", p)
+    r.config = _read_run_json(path, "config.json", verify)
     if r.config is None:
-        raise FileNotFoundError(f"{path} is not a trajlab run directory (no readable config.json)")
-    r.provenance = _read_json(path / "provenance.json", p)
-    r.summary = _read_json(path / "summary.json", p)
-    r.metrics = _read_jsonl(path / "metrics.jsonl", p)
+        recipe = _read_run_json(path, "recipe.json", verify)  # a run recorded from the user's own loop
+        r.config = None if recipe is None else {"recorded_loop": True, **recipe}
+    if r.config is None:
+        raise FileNotFoundError(f"{path} is not a trajlab run directory (no config.json or recipe.json)")
+    r.provenance = _read_run_json(path, "provenance.json", verify)
+    r.summary = _read_run_json(path, "summary.json", verify)
+    metrics = path / "metrics.jsonl"
+    r.metrics = read_metrics(metrics, verify=verify) if metrics.is_file() else []
     a = path / ANALYSIS_DIR
     r.probes = _read_jsonl(a / LINE_PROBES, p)
     r.loss_matrix = _read_json(a / LOSS_MATRIX, p)
