@@ -2,7 +2,8 @@
 
 Every subcommand has ``--help``; the subcommands live in :mod:`trajlab.commands` (one module each).
 Exit status: 0 success, 1 a runtime failure or damage found, 2 a usage error (one line
-``trajlab: error: ...`` on stderr, nothing written), 130 interrupted.
+``trajlab: error: ...`` on stderr, nothing written), 3 out of disk space, 130 interrupted. Every error is
+one line on stderr; ``--log-level DEBUG`` adds the traceback.
 
 Environment variables (read here only, and passed down as :class:`~trajlab.config.HostSettings`):
 
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trajlab.commands import registry
-from trajlab.commands.io import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, emit
+from trajlab.commands.io import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, emit
 from trajlab.config import HostSettings
 
 log = logging.getLogger("trajlab")
@@ -37,7 +38,8 @@ ENVIRONMENT_HELP = """environment variables:
   TRAJLAB_CACHE         where that kernel is compiled to (else $XDG_CACHE_HOME, else ~/.cache)
   CC                    the C compiler for it (default: cc, gcc or clang on PATH)
 
-exit status: 0 success, 1 runtime failure or damage found, 2 usage error (nothing written), 130 interrupted"""
+exit status: 0 success, 1 runtime failure or damage found, 2 usage error (nothing written),
+  3 out of disk space, 130 interrupted"""
 
 
 def set_torch_threads(n: int) -> None:
@@ -125,22 +127,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="[trajlab] %(message)s", stream=sys.stderr
     )
-    from trajlab.train.engine import TrainingDiverged
-
     if args.host.num_threads:
         set_torch_threads(args.host.num_threads)
-    user_errors = registry.user_errors()
     try:
         return int(args.func(args) or 0)
-    except user_errors as e:
-        sys.stderr.write(f"trajlab: error: {e}\n")
-        return EXIT_USAGE
-    except TrainingDiverged as e:
-        sys.stderr.write(f"trajlab: {e}\n")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("trajlab: interrupted\n")
         return EXIT_INTERRUPTED
+    except Exception as e:  # every error is one line; --log-level DEBUG shows the traceback for bug reports
+        code, line = registry.classify(e)
+        log.debug("traceback of the error below", exc_info=True)
+        sys.stderr.write(f"trajlab: {line}\n")
+        return code
 
 
 def entry() -> None:

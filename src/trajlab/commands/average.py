@@ -246,6 +246,7 @@ def _document(
         "rules": [rule.name for rule in rules],
         "rows": rows,
         "run_config": run.description(),
+        "verified": run.verify,
         "run_provenance": run.provenance(),
         "provenance": provenance(seed=run.seed, device=run.device, command=command_line(args)),
     }

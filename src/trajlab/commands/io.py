@@ -15,6 +15,7 @@ from trajlab.config import HostSettings
 EXIT_OK = 0
 EXIT_FAILED = 1  # a runtime failure or damage found (e.g. `runs verify` on a damaged run)
 EXIT_USAGE = 2  # bad input: nothing was written
+EXIT_DISK_FULL = 3  # out of disk space (or quota): free space and run again; what was written is intact
 EXIT_INTERRUPTED = 130
 
 
@@ -58,6 +59,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="data factory returning the training dataset, (train, eval) or {'train', 'eval'}",
     )
     g.add_argument("--loss", metavar="MODULE:FUNCTION", help="loss hook loss_fn(model, batch)")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="read the run's files even when they differ from their sha256 / CRC (the result records it)",
+    )
 
 
 def open_run(args: argparse.Namespace, **kwargs: object) -> object:
@@ -73,6 +79,7 @@ def open_run(args: argparse.Namespace, **kwargs: object) -> object:
             model=getattr(args, "model", None),
             data=getattr(args, "data", None),
             loss_fn=getattr(args, "loss", None),
+            verify=not getattr(args, "no_verify", False),
             **kwargs,
         )
     except (RunDirError, FactoryError) as e:

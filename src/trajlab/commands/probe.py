@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
             result["matrix"] = _matrices(plan, args, bar)
         if args.alignment:
             result["alignment"] = _alignments(plan, args, bar)
-    doc = _document(args, plan, result)
-    plots = _plots(plan.out, result)
-    from trajlab.provenance import write_json_atomic
+    from trajlab import files
 
-    write_json_atomic(plan.out / RESULT_FILE, doc)
+    doc = _document(args, plan, result)
+    root = _run_root(plan)
+    plots = _plots(plan.out, result, root)
+    if root is not None:  # inside the run: never through a symlink, and listed in its checksums
+        files.write_run_json(root, str(Path(os.path.abspath(plan.out / RESULT_FILE)).relative_to(root)), doc)
+    else:
+        files.write_json_atomic(plan.out / RESULT_FILE, doc)
     for line in _summary_lines(doc):
         emit(line)
     emit(f"wrote {plan.out / RESULT_FILE} and {len(plots)} plot(s) in {plan.out}")
@@ -409,11 +414,26 @@ def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any])
         "alignment": result["alignment"],
         "cost_total": sum(costs, CostLedger()).to_dict(),
         "run_config": run.description(),
+        "verified": run.verify,
         "provenance": provenance(seed=run.seed, device=plan.run.device, command=command_line(args)),
     }
 
 
-def _plots(out: Path, result: dict[str, Any]) -> list[Path]:
+def _run_root(plan: ProbePlan) -> Path | None:
+    """The run directory when the output goes inside it (writes are then confined to it), else None."""
+    # Lexically (no symlink resolution): a link planted in the run must be refused, not followed out.
+    root, out = Path(os.path.abspath(plan.run.run_dir)), Path(os.path.abspath(plan.out))
+    try:
+        out.relative_to(root)
+    except ValueError:
+        return None
+    return root
+
+
+def _plots(out: Path, result: dict[str, Any], root: Path | None) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from trajlab import files
     from trajlab.reports.probe_plots import (
         plot_batch_memory,
         plot_line_profile,
@@ -421,7 +441,7 @@ def _plots(out: Path, result: dict[str, Any]) -> list[Path]:
         plot_lr_star_over_training,
     )
 
-    out.mkdir(parents=True, exist_ok=True)
+    out = files.make_dirs(Path(os.path.abspath(out)), root)
     figures = [
         (f"line_step{r['step']}_bn-{r['bn']}.png", lambda r=r: plot_line_profile(r)) for r in result["line"]
     ]
@@ -432,7 +452,9 @@ def _plots(out: Path, result: dict[str, Any]) -> list[Path]:
         figures.append((f"batch_memory_bn-{bn}.png", lambda m=m: plot_batch_memory(m["memory"])))
     paths = []
     for name, make in figures:
-        make().savefig(out / name, dpi=110)
+        fig = make()
+        files.save_figure_atomic(fig, out / name, dpi=110, root=root)
+        plt.close(fig)
         paths.append(out / name)
     return paths
 

@@ -49,3 +49,56 @@ def user_errors() -> tuple[type[BaseException], ...]:
         TrajectoryError,
         NotRepresentableError,
     )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line to print for an error that ended a command.
+
+    Out of disk space anywhere in the chain: 3. Damage found (a file that differs from its checksum, a
+    symlink planted in a run directory) and runtime failures: 1. Problems with what the user asked: 2.
+    Anything else is a failure too (1), said in one line; ``--log-level DEBUG`` shows the traceback.
+    """
+    import errno
+
+    from trajlab.commands.io import EXIT_DISK_FULL, EXIT_FAILED, EXIT_USAGE
+    from trajlab.files import ChecksumError, UnsafePathError
+    from trajlab.train.engine import TrainingDiverged
+    from trajlab.train.metrics import MetricsDamaged
+    from trajlab.trajectory import DamageError
+
+    chain = _chain(exc)
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain):
+        where = next((e.filename for e in chain if isinstance(e, OSError) and e.filename), None)
+        return (
+            EXIT_DISK_FULL,
+            f"error: out of disk space{f' writing {where}' if where else ''} ({_text(exc)})",
+        )
+    if isinstance(exc, (DamageError, ChecksumError, MetricsDamaged, UnsafePathError)):
+        return EXIT_FAILED, f"error: {_text(exc)}"
+    if isinstance(exc, user_errors()):
+        return EXIT_USAGE, f"error: {_text(exc)}"
+    if isinstance(exc, TrainingDiverged):
+        return EXIT_FAILED, _text(exc)
+    if isinstance(exc, OSError):
+        return EXIT_FAILED, f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return (
+        EXIT_FAILED,
+        f"error: {type(exc).__name__}: {_text(exc)} (run with --log-level DEBUG for the traceback)",
+    )
+
+
+def _text(exc: BaseException) -> str:
+    """The error's message on one line."""
+    if isinstance(exc, OSError) and exc.strerror and not exc.filename and exc.args and len(exc.args) == 2:
+        text = str(exc.strerror)
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__

@@ -27,6 +27,9 @@ from typing import Any
 
 from torch import optim
 
+from trajlab.files import ChecksumError, read_verified
+from trajlab.trajectory.errors import DamageError
+
 RECIPE_FILE = "recipe.json"
 FORMAT = "trajlab.recipe/1"
 # Optimizer hyper-parameters worth recording (what probes and theory read: lr, momentum, weight decay).
@@ -98,13 +101,16 @@ def optimizer_facts(optimizer: optim.Optimizer) -> dict[str, Any]:
     return out
 
 
-def read_recipe(run_dir: str | Path) -> Recipe:
-    """The run's recipe; ``ValueError`` naming the file when it is not a recipe of this format."""
+def read_recipe(run_dir: str | Path, *, verify: bool = True) -> Recipe:
+    """The run's recipe (checked against ``checksums.json`` unless ``verify=False``); ``ValueError`` naming
+    the file when it is damaged or not a recipe of this format."""
     path = Path(run_dir) / RECIPE_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_verified(run_dir, RECIPE_FILE, verify=verify).decode("utf-8"))
+    except ChecksumError as e:
+        raise DamageError(str(e)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
+        raise DamageError(
             f"{path}: unreadable recipe ({type(e).__name__}: {e}); run `trajlab runs verify`"
         ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

@@ -23,12 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from trajlab.config import HostSettings, RunConfig
+from trajlab.files import ChecksumError, read_verified
 from trajlab.objective import batch_to
 from trajlab.runs import build
 from trajlab.runs.recipe import RECIPE_FILE, Recipe, read_recipe
 from trajlab.runs.runner import RunDirError, load_run_config
 from trajlab.runs.sources import EngineSource, LoopSource
 from trajlab.train.metrics import read_metrics
+from trajlab.trajectory.errors import DamageError
 
 BNChoice = Literal["recalibrated", "raw"]
 Batch = tuple[Tensor, Tensor]
@@ -79,6 +81,7 @@ class RecordedRun:
         model, data, loss_fn, collate_fn: for a recorded loop, what to use instead of (or when it has none)
             the recipe's factories: objects (a model, a dataset or ``(train, eval)``, a hook) or
             ``module:function`` / ``script.py:function`` references.
+        verify: check every file read against its sha256 / CRC (``False``: ``--no-verify``).
 
     Raises:
         RunDirError: not a run directory, or an unreadable ``config.json`` / ``recipe.json``.
@@ -102,15 +105,17 @@ class RecordedRun:
         data: Any = None,
         loss_fn: Any = None,
         collate_fn: Any = None,
+        verify: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.verify = verify
         self.host = host or HostSettings()
         self.device = build.resolve_device(str(device))
         self.config: RunConfig | None = None
         self.recipe: Recipe | None = None
         if (self.run_dir / RECIPE_FILE).is_file() and not (self.run_dir / "config.json").is_file():
             try:
-                self.recipe = read_recipe(self.run_dir)
+                self.recipe = read_recipe(self.run_dir, verify=verify)
                 self.source: Any = LoopSource(
                     self.recipe,
                     self.run_dir,
@@ -120,11 +125,13 @@ class RecordedRun:
                     loss_fn=loss_fn,
                     collate_fn=collate_fn,
                 )
+            except DamageError:
+                raise
             except (ValueError, TypeError) as e:
                 raise RunDirError(str(e)) from None
             default_bn = 50
         else:
-            self.config = load_run_config(self.run_dir)
+            self.config = load_run_config(self.run_dir, verify=verify)
             self.source = EngineSource(self.config, self.host, self.device)
             default_bn = self.config.averaging.bn_batches
         self.bn_batches = int(bn_batches if bn_batches is not None else default_bn)
@@ -163,7 +170,7 @@ class RecordedRun:
                 f"{self.run_dir} holds no trajectory (snapshots, batch log); record the run with "
                 "record.enabled=true (engine) or trajlab.record (your own loop)"
             )
-        return TrajectoryStore(self.run_dir)
+        return TrajectoryStore(self.run_dir, verify=self.verify)
 
     @property
     def snapshot_steps(self) -> list[int]:
@@ -193,12 +200,16 @@ class RecordedRun:
 
     def provenance(self) -> dict[str, Any] | None:
         """The run's ``provenance.json`` (``None`` when there is none)."""
-        path = self.run_dir / "provenance.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not (self.run_dir / "provenance.json").is_file():
+            return None
+        try:
+            return json.loads(read_verified(self.run_dir, "provenance.json", verify=self.verify))
+        except ChecksumError as e:
+            raise DamageError(str(e)) from None
 
     def metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Rows of ``metrics.jsonl`` (``kind``: only ``"train"`` or ``"eval"`` rows), in file order."""
-        rows = read_metrics(self.run_dir / "metrics.jsonl")
+        rows = read_metrics(self.run_dir / "metrics.jsonl", verify=self.verify)
         return rows if kind is None else [r for r in rows if r.get("kind") == kind]
 
     # ---- data and model ----------------------------------------------------------------------------------
