@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
         "unfinished run",
     )
     q.add_argument("run_dir")
+    q.add_argument("--json", action="store_true", help="the report as JSON (for scripts)")
     q = runs_sub.add_parser(
         "table", help="mean ± std over runs (e.g. seeds) of every evaluated model's test metric per eval step"
     )
@@ -48,11 +49,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         emit(json.dumps(table, indent=2) if args.json else format_seed_table(table))
         return 0
+    from pathlib import Path
+
+    if not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir}: no such run directory")
     if args.runs_command == "show":
         summary = summarize_run(args.run_dir)
         emit(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
     report = verify_run(args.run_dir)
-    for line in report.lines():
-        emit(line)
+    if args.json:
+        from trajlab.trajectory import report_dict
+
+        emit(json.dumps(report_dict(report), indent=2))
+    else:
+        for line in report.lines():
+            emit(line)
     return 0 if report.clean else EXIT_FAILED

@@ -18,8 +18,9 @@ from trajlab.trajectory.manifest import SnapshotEntry
 from trajlab.trajectory.recorder import Recorder
 from trajlab.trajectory.schedule import DenseWindow, SnapshotSchedule
 from trajlab.trajectory.store import TrajectoryStore
-from trajlab.trajectory.summary import describe_steps, format_summary, summarize_run, verify_run
+from trajlab.trajectory.summary import describe_steps, format_summary, summarize_run
 from trajlab.trajectory.verify import Problem, VerifyReport
+from trajlab.trajectory.verify_run import report_dict, verify_run
 
 __all__ = [
     "Checkpointer",
@@ -39,5 +40,6 @@ __all__ = [
     "load_latest_checkpoint",
     "save_checkpoint",
     "summarize_run",
+    "report_dict",
     "verify_run",
 ]

@@ -6,31 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trajlab.trajectory import layout
 from trajlab.trajectory.checkpoint import list_checkpoints
 from trajlab.trajectory.errors import TrajectoryError
 from trajlab.trajectory.store import TrajectoryStore
-from trajlab.trajectory.verify import VerifyReport, verify_store
+from trajlab.trajectory.verify_run import verify_run  # noqa: F401 (its home before; kept importable)
 
 _HEAD_TAIL_ROWS = 3
-
-
-def verify_run(run_dir: str | Path, check_hashes: bool = True) -> VerifyReport:
-    """Check a run directory's trajectory; never raises for damage, it reports it.
-
-    A missing or other-version ``format.json`` is reported as an error, like every other finding; a run
-    without ``summary.json`` is reported as unfinished (``report.finished`` False, ``report.clean`` False).
-    """
-    finished = (Path(run_dir) / "summary.json").is_file()
-    try:
-        store = TrajectoryStore(run_dir)
-    except TrajectoryError as exc:
-        report = VerifyReport(str(run_dir), finished=finished)
-        report.add("error", "format", f"{layout.TRAJECTORY_DIR}/{layout.FORMAT_FILE}", None, str(exc))
-        return report
-    report = verify_store(store, check_hashes=check_hashes)
-    report.finished = finished
-    return report
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:

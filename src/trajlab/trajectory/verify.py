@@ -55,6 +55,9 @@ class VerifyReport:
     snapshots_checked: int = 0
     batch_steps_checked: int = 0
     finished: bool | None = None
+    checkpoints_checked: int = 0
+    files_checked: int = 0
+    metrics_rows_checked: int = 0
 
     @property
     def errors(self) -> list[Problem]:
@@ -65,6 +68,11 @@ class VerifyReport:
     def warnings(self) -> list[Problem]:
         """Harmless findings (e.g. a temporary file left by a killed writer)."""
         return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def notes(self) -> list[Problem]:
+        """Facts worth knowing that are no fault (files trajlab did not write, no trajectory recorded)."""
+        return [p for p in self.problems if p.severity == "note"]
 
     @property
     def ok(self) -> bool:
@@ -84,12 +92,14 @@ class VerifyReport:
         """Human-readable lines: a verdict, then one line per finding (errors first)."""
         verdict = "DAMAGED" if not self.ok else "OK" if self.clean else "UNFINISHED"
         head = (
-            f"{verdict}: {self.run_dir}: {self.snapshots_checked} snapshots and {self.batch_steps_checked} "
-            f"batch-log steps checked, {len(self.errors)} errors, {len(self.warnings)} warnings"
+            f"{verdict}: {self.run_dir}: {self.snapshots_checked} snapshots, {self.batch_steps_checked} "
+            f"batch-log steps, {self.checkpoints_checked} checkpoints, {self.files_checked} files and "
+            f"{self.metrics_rows_checked} metrics rows checked; {len(self.errors)} errors, "
+            f"{len(self.warnings)} warnings, {len(self.notes)} notes"
         )
         if self.finished is False:
             head += "; the run did not finish (no summary.json): resume it, or it is still running"
-        return [head] + [p.line() for p in self.errors + self.warnings]
+        return [head] + [p.line() for p in self.errors + self.warnings + self.notes]
 
 
 def verify_store(store: TrajectoryStore, check_hashes: bool = True) -> VerifyReport:
