@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -136,7 +137,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_INTERRUPTED
     except Exception as e:  # every error is one line; --log-level DEBUG shows the traceback for bug reports
         code, line = registry.classify(e)
-        log.debug("traceback of the error below", exc_info=True)
+        if args.log_level == "DEBUG":  # for bug reports
+            sys.stderr.write(traceback.format_exc())
         sys.stderr.write(f"trajlab: {line}\n")
         return code
 

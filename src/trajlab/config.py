@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -54,6 +55,12 @@ class DataConfig:
         _check(self.test_subset >= 0, "data.test_subset must be >= 0 (0 = the whole split)")
         _check(self.crop_padding >= 0, "data.crop_padding must be >= 0")
         _check(self.pad_to is None or self.pad_to >= 0, "data.pad_to must be a size >= 0 (0 = no padding)")
+        if self.data_dir is not None:
+            _check(
+                len(self.data_dir) <= 4096 and all(len(p.encode()) <= 255 for p in Path(self.data_dir).parts),
+                f"data.data_dir is not a usable path ({len(self.data_dir)} characters; components of at most "
+                "255 bytes, 4096 in all)",
+            )
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,8 @@ class AveragingConfig:
         _check(self.bn_batches >= 1, "averaging.bn_batches must be >= 1")
         _check(all(0 <= d < 1 for d in self.ema_decays), "averaging.ema_decays must lie in [0, 1)")
         _check(all(g >= 1 for g in self.two_point_gaps), "averaging.two_point_gaps must be >= 1")
+        _check(all(h > 0 for h in self.ema_half_life_steps), "averaging.ema_half_life_steps must be > 0")
+        _check(all(s >= 0 for s in self.swa_start_steps), "averaging.swa_start_steps must be >= 0")
 
     @property
     def enabled(self) -> bool:
@@ -310,10 +319,19 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
         kwargs[key] = _coerce(hints[key], value, key=prefix + key, source=source)
+        _check_finite(kwargs[key], prefix + key, source)
     try:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _check_finite(value: Any, key: str, source: str) -> None:
+    """inf and nan are never a valid setting (an infinite lr or epoch count would only fail later)."""
+    values = value if isinstance(value, (tuple, list)) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {v}")
 
 
 def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:

@@ -74,6 +74,31 @@ def check_confined(path: str | os.PathLike, root: str | os.PathLike | None) -> N
             raise UnsafePathError(errno.ELOOP, f"{here}: is a symlink inside the run directory; remove it")
 
 
+def check_can_create(path: str | os.PathLike) -> None:
+    """Refuse, before anything is written, a directory that could not be created or written: a component
+    longer than 255 bytes, an existing part that is a file, or a nearest existing directory that is not
+    writable (read-only file system, permissions).
+
+    Raises:
+        UnsafePathError: one line saying which part and why.
+    """
+    path = Path(os.path.abspath(path))
+    for part in path.parts:
+        if len(part.encode()) > 255:
+            raise UnsafePathError(errno.ENAMETOOLONG, f"{path}: a path component is longer than 255 bytes")
+    here = path
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        raise UnsafePathError(
+            errno.ENOTDIR, f"{path}: {here} is a file, not a directory; choose another path"
+        )
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise UnsafePathError(
+            errno.EACCES, f"{path}: {here} is not writable (read-only file system or permissions)"
+        )
+
+
 def make_dirs(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
     """``mkdir -p`` that refuses symlinked directories under ``root``."""
     path = Path(path)

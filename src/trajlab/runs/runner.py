@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from trajlab import files
 from trajlab.config import ConfigError, HostSettings, RunConfig
 from trajlab.files import ChecksumError, read_verified, write_run_json
 from trajlab.provenance import provenance
@@ -79,7 +80,11 @@ def load_run_config(run_dir: str | os.PathLike, *, verify: bool = True) -> RunCo
 
 
 def check_out_dir(out_dir: Path, cfg: RunConfig) -> None:
-    """Refuse a directory that already holds files, naming what to do instead."""
+    """Refuse a directory that already holds files or could not be created, naming what to do instead."""
+    try:
+        files.check_can_create(out_dir)
+    except files.UnsafePathError as e:
+        raise RunDirError(f"--out: {e.strerror}") from None
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -211,6 +216,13 @@ def run_training(
     host.apply_threads(cfg.train.num_threads)
 
     # Everything that can fail on bad input happens before the first write.
+    if cfg.record.enabled:
+        from trajlab.trajectory import SnapshotSchedule
+
+        try:
+            SnapshotSchedule.from_dict(cfg.record.snapshots)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"record.snapshots: {e}") from None
     train_ds = build.build_train_data(cfg, host.data_dirs)
     test_ds = build.build_test_data(cfg, host.data_dirs)
     torch.manual_seed(cfg.train.seed)
