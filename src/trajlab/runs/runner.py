@@ -63,6 +63,8 @@ def load_run_config(run_dir: str | os.PathLike, *, verify: bool = True) -> RunCo
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
+        if Path(run_dir).is_dir() and "config.json" in _listed(run_dir):
+            raise DamageError(f"{path}: missing (listed in checksums.json); run `trajlab runs verify`")
         raise RunDirError(f"{run_dir} is not a trajlab run directory (no config.json)")
     try:
         data = read_verified(run_dir, "config.json", verify=verify)
@@ -331,6 +333,13 @@ def _dist_info(host: HostSettings) -> distributed.DistInfo:
     if host.distributed_env:
         return distributed.DistInfo.from_env(host.distributed_env)
     return distributed.DistInfo.current()
+
+
+def _listed(run_dir: str | os.PathLike) -> dict[str, str]:
+    try:
+        return files.read_checksums(run_dir)
+    except files.ChecksumError:
+        return {}
 
 
 def _last_eval_row(out_dir: Path) -> dict[str, Any]:

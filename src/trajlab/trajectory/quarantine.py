@@ -88,6 +88,15 @@ def resume_state(run_dir: str | os.PathLike, *, needs_batch_log: bool) -> dict[s
     Raises:
         DamageError: checkpoints exist but none verifies within the intact batch log.
     """
+    from trajlab.trajectory.manifest import read_manifest
+
+    manifest = Path(run_dir) / layout.TRAJECTORY_DIR / layout.MANIFEST_FILE
+    bad = [p for p in read_manifest(manifest)[1] if not p.torn]
+    if bad:
+        raise DamageError(
+            f"{manifest}: line {bad[0].lineno} is damaged ({bad[0].message}); resuming would drop it: run "
+            "`trajlab runs verify` (nothing was changed)"
+        )
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         return None

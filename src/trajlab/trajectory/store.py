@@ -56,6 +56,21 @@ class TrajectoryStore:
             self._by_step[entry.step] = entry
         self._by_step = dict(sorted(self._by_step.items()))
         self._batches = BatchLogReader(self.traj_dir / layout.BATCH_DIR)
+        if verify:
+            self._refuse_damaged_manifest()
+
+    def _refuse_damaged_manifest(self) -> None:
+        """A manifest line that does not parse (other than a torn last line) or a step listed twice is
+        damage: which snapshots exist cannot be trusted."""
+        bad = [p for p in self._manifest_problems if not p.torn]
+        if bad or self._duplicates:
+            what = (
+                f"line {bad[0].lineno}: {bad[0].message}" if bad else f"step {self._duplicates[0].step} twice"
+            )
+            raise DamageError(
+                f"{self.traj_dir / layout.MANIFEST_FILE}: damaged ({what}); run `trajlab runs verify`, or pass "
+                "--no-verify to read the lines that parse"
+            )
 
     # ---- snapshots -------------------------------------------------------------------------------------
     @property

@@ -24,7 +24,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "trajectory": None}
     try:
-        store = TrajectoryStore(run_dir)
+        store = TrajectoryStore(run_dir, verify=False)  # a summary shows what is there, damaged or not
     except TrajectoryError as exc:
         summary["trajectory_error"] = str(exc)
     else:

@@ -65,7 +65,7 @@ def verify_run(run_dir: str | Path, check_hashes: bool = True) -> VerifyReport:
 
 def _verify_trajectory(run_dir: Path, report: VerifyReport, check_hashes: bool) -> None:
     try:
-        store = TrajectoryStore(run_dir)
+        store = TrajectoryStore(run_dir, verify=False)  # report each problem instead of stopping at one
     except TrajectoryError as exc:
         report.add("error", "format", f"{layout.TRAJECTORY_DIR}/{layout.FORMAT_FILE}", None, str(exc))
         return
@@ -76,7 +76,14 @@ def _verify_trajectory(run_dir: Path, report: VerifyReport, check_hashes: bool) 
 
 
 def _verify_checkpoints(run_dir: Path, report: VerifyReport) -> None:
-    for step, path in list_checkpoints(run_dir):
+    listed = list_checkpoints(run_dir)
+    have = {p.with_suffix(".sha256").name for _, p in listed}
+    ckpt_dir = run_dir / layout.CHECKPOINT_DIR
+    for sha in sorted(ckpt_dir.glob("ckpt_*.sha256")) if ckpt_dir.is_dir() else []:
+        if sha.name not in have:
+            rel = f"{layout.CHECKPOINT_DIR}/{sha.with_suffix('.pt').name}"
+            report.add("error", "missing", rel, None, f"checkpoint missing (its {sha.name} is there)")
+    for step, path in listed:
         rel = f"{layout.CHECKPOINT_DIR}/{path.name}"
         report.checkpoints_checked += 1
         sha = path.with_suffix(".sha256")
