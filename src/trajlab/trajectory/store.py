@@ -68,8 +68,8 @@ class TrajectoryStore:
                 f"line {bad[0].lineno}: {bad[0].message}" if bad else f"step {self._duplicates[0].step} twice"
             )
             raise DamageError(
-                f"{self.traj_dir / layout.MANIFEST_FILE}: damaged ({what}); run `trajlab runs verify`, or pass "
-                "--no-verify to read the lines that parse"
+                f"{self.traj_dir / layout.MANIFEST_FILE}: damaged ({what}); run `trajlab runs verify`, or "
+                "pass --no-verify to read the lines that parse"
             )
 
     # ---- snapshots -------------------------------------------------------------------------------------
