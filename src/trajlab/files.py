@@ -99,6 +99,17 @@ def check_can_create(path: str | os.PathLike) -> None:
         )
 
 
+def find_symlinks(root: str | os.PathLike) -> list[Path]:
+    """Every symlink inside ``root`` (not followed), so writers can refuse a run with a planted link."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                found.append(path)
+    return found
+
+
 def make_dirs(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
     """``mkdir -p`` that refuses symlinked directories under ``root``."""
     path = Path(path)

@@ -194,6 +194,7 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
     host = host_of(args)
     run = open_run(args, device=args.device)
     host.apply_threads(run.num_threads)  # the run's own thread budget (shared machines)
+    run.check_batch_log()  # a lost or damaged batch log is damage, not "no batch to probe"
     steps, batch_of = _select_steps(args, run)
     run.model  # noqa: B018 (builds the model and checks the snapshots fit it, before any probing)
     return ProbePlan(

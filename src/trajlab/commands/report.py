@@ -14,8 +14,10 @@ from trajlab.commands.io import emit
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ``args.inputs`` (run directories; ``.json`` files count as extra results)."""
+    from trajlab.files import read_checksums
     from trajlab.reports.html import build_report
     from trajlab.runs.runner import RunDirError
+    from trajlab.trajectory.errors import DamageError
 
     run_dirs, extras = [], list(args.result or [])
     for item in args.inputs:
@@ -25,6 +27,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         elif not path.is_dir():
             raise RunDirError(f"{item} is neither a run directory nor a .json result file")
         elif not ((path / "config.json").is_file() or (path / "recipe.json").is_file()):
+            listed = [n for n in ("config.json", "recipe.json") if n in read_checksums(path)]
+            if listed:  # it was a run: its config is lost, which is damage, not a usage error
+                raise DamageError(
+                    f"{path / listed[0]}: missing (listed in checksums.json); run `trajlab runs verify`"
+                )
             raise RunDirError(f"{item} is not a trajlab run directory (no config.json or recipe.json)")
         else:
             run_dirs.append(path)

@@ -281,6 +281,22 @@ class RecordedRun:
         return self.model
 
     # ---- batches -----------------------------------------------------------------------------------------
+    def check_batch_log(self) -> None:
+        """Raise :class:`DamageError` when the batch log does not hold every step the run trained (records
+        lost or damaged); nothing for a run that logged no batches at all."""
+        from trajlab.trajectory.quarantine import scan_batch_log
+        from trajlab.trajectory.verify_run import trained_steps
+
+        batches = self.run_dir / "trajectory" / "batches"
+        if not self.verify or not batches.is_dir():
+            return
+        trained, (end, where) = trained_steps(self.run_dir), scan_batch_log(self.run_dir)
+        if end < trained:
+            raise DamageError(
+                f"{where or batches}: the batch log holds steps 1..{end} intact, the run trained {trained} "
+                "steps; run `trajlab runs verify`, or pass --no-verify"
+            )
+
     def batch_indices(self, step: int) -> Tensor:
         """int64 [global batch] training-set indices of the batch step ``step`` trained on."""
         return self.store.batch_indices(step)

@@ -14,6 +14,7 @@ run starts again from step 0 (what step 0 wrote is the same, the rest is set asi
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import os
 from pathlib import Path
@@ -67,19 +68,25 @@ class Quarantine:
             )
 
 
-def intact_batch_end(run_dir: str | os.PathLike) -> int:
-    """The last step L such that batch-log records 1..L are all present and intact (0 when none)."""
+def scan_batch_log(run_dir: str | os.PathLike) -> tuple[int, Path | None]:
+    """``(L, where)``: the last step L such that batch-log records 1..L are all present and intact (0 when
+    none), and the chunk file where the intact prefix ends (``None`` when it ends with the log itself)."""
     batch_dir = Path(run_dir) / layout.TRAJECTORY_DIR / layout.BATCH_DIR
     expected = 1
     for _, path in sorted(layout.steps_in_dir(batch_dir, CHUNK_RE).items()):
         scan = scan_chunk(path.read_bytes())
         for record in scan.records:
             if record.step != expected:
-                return expected - 1
+                return expected - 1, path
             expected += 1
         if scan.problem:
-            return expected - 1
-    return expected - 1
+            return expected - 1, path
+    return expected - 1, None
+
+
+def intact_batch_end(run_dir: str | os.PathLike) -> int:
+    """The last step L such that batch-log records 1..L are all present and intact (0 when none)."""
+    return scan_batch_log(run_dir)[0]
 
 
 def resume_state(run_dir: str | os.PathLike, *, needs_batch_log: bool) -> dict[str, Any] | None:
@@ -90,6 +97,12 @@ def resume_state(run_dir: str | os.PathLike, *, needs_batch_log: bool) -> dict[s
     """
     from trajlab.trajectory.manifest import read_manifest
 
+    links = files.find_symlinks(run_dir)
+    if links:
+        raise files.UnsafePathError(
+            errno.ELOOP,
+            f"{links[0]}: a symlink inside the run directory; remove it before resuming (nothing changed)",
+        )
     manifest = Path(run_dir) / layout.TRAJECTORY_DIR / layout.MANIFEST_FILE
     bad = [p for p in read_manifest(manifest)[1] if not p.torn]
     if bad:
@@ -100,11 +113,12 @@ def resume_state(run_dir: str | os.PathLike, *, needs_batch_log: bool) -> dict[s
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         return None
-    limit = intact_batch_end(run_dir) if needs_batch_log else None
-    reasons = []
+    limit, where = scan_batch_log(run_dir) if needs_batch_log else (None, None)
+    batch_dir = Path(run_dir) / layout.TRAJECTORY_DIR / layout.BATCH_DIR
+    reasons, at = [], f" (it breaks in {where})" if where is not None else f" (in {batch_dir})"
     for step, path in reversed(checkpoints):
         if limit is not None and step > limit:
-            reasons.append(f"step {step}: the batch log is intact only up to step {limit}")
+            reasons.append(f"step {step}: the batch log is intact only up to step {limit}{at}")
             continue
         try:
             state = load_checkpoint(path)

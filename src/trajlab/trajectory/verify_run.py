@@ -160,11 +160,14 @@ def trained_steps(run_dir: Path) -> int:
 def _verify_coverage(run_dir: Path, report: VerifyReport) -> None:
     """The batch log must hold every trained step (a finished run: all; else up to its last checkpoint)."""
     batch_dir = run_dir / layout.TRAJECTORY_DIR / layout.BATCH_DIR
-    if not batch_dir.is_dir() or not any(batch_dir.iterdir()):
+    if not (run_dir / layout.TRAJECTORY_DIR).is_dir():
         return
     from trajlab.trajectory.quarantine import intact_batch_end
 
     trained, end = trained_steps(run_dir), intact_batch_end(run_dir)
+    ours = (run_dir / "config.json").is_file() or (run_dir / "recipe.json").is_file()
+    if not ours and (not batch_dir.is_dir() or not any(batch_dir.iterdir())):
+        return  # a bare trajectory without a batch log (a Recorder with log_batches=False)
     if end < trained:
         report.add(
             "error",
