@@ -46,12 +46,28 @@ def _kill_during(lines: Iterable[str], kill: Callable[[], None], rng: random.Ran
     return False
 
 
-def _subprocess_run(cmd: list[str], rng: random.Random | None, timeout_s: float = 120.0) -> bool:
-    """Run ``cmd`` (printing progress lines), SIGKILLed at a random point when ``rng`` is given."""
+def _kill_at(lines: Iterable[str], kill: Callable[[], None], word: str) -> bool:
+    """SIGKILL the child as soon as it prints the line ``word`` (it waits for the parent's signal)."""
+    for line in lines:
+        if line.strip() == word:
+            kill()
+            return True
+    return False
+
+
+def _subprocess_run(
+    cmd: list[str], rng: random.Random | None, timeout_s: float = 120.0, at: str | None = None
+) -> bool:
+    """Run ``cmd`` (printing progress lines), SIGKILLed at a random point when ``rng`` is given, or as
+    soon as it prints the line ``at``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
     assert proc.stdout is not None
+    kill = lambda: proc.send_signal(signal.SIGKILL)  # noqa: E731
     try:
-        if rng is not None and _kill_during(proc.stdout, lambda: proc.send_signal(signal.SIGKILL), rng):
+        if at is not None and _kill_at(proc.stdout, kill, at):
+            proc.wait(timeout=timeout_s)
+            return True
+        if rng is not None and _kill_during(proc.stdout, kill, rng):
             proc.wait(timeout=timeout_s)
             return True
         _, err = proc.communicate(timeout=timeout_s)
@@ -185,29 +201,39 @@ E2E_CONFIG = {
 }
 
 _E2E_WORKER = """
-import json, shutil, sys
+import json, sys, time
 from pathlib import Path
 import torch
 from trajlab.config import HostSettings, RunConfig
 from trajlab.runs.runner import run_training
-from trajlab.trajectory import load_latest_checkpoint
-
 class Announce:
     name = "announce"
     def on_train_start(self, ctx):
         print(f"start {ctx.step}", flush=True)
     def on_step(self, ctx):
         print(f"step {ctx.step}", flush=True)
+        if ctx.step == 1 and "hold-before-first-checkpoint" in sys.argv:
+            print("before-first-checkpoint", flush=True)
+            time.sleep(30)  # the parent kills it here
     def state_dict(self):
         return {}
     def load_state_dict(self, state):
         pass
 
+import trajlab.runs.runner as runner
+_write_run_json = runner.write_run_json
+def hold_before_summary(run_dir, name, data):
+    # Every callback's on_train_end (the final checkpoint included) has run, summary.json is not written.
+    if name == "summary.json" and "hold-after-final-checkpoint" in sys.argv:
+        print("after-final-checkpoint", flush=True)
+        time.sleep(30)
+    return _write_run_json(run_dir, name, data)
+runner.write_run_json = hold_before_summary
+
 run = Path(sys.argv[1])
 cfg = RunConfig.from_dict(json.loads(sys.argv[2]))
-resume = run.exists() and load_latest_checkpoint(run) is not None
-if run.exists() and not resume:
-    shutil.rmtree(run)  # killed before the first checkpoint: start over
+# A run killed before its first checkpoint resumes too (from step 0), in place.
+resume = (run / "config.json").is_file()
 # As the CLI does: the run's train.num_threads is applied through the host (the library sets none itself).
 host = HostSettings(set_threads=torch.set_num_threads)
 run_training(None if resume else cfg, run, resume=resume, extra_callbacks=[Announce()], host=host)
@@ -268,10 +294,23 @@ def test_train_sigkill_resume_matches_uninterrupted_run(
     rng = random.Random(SEED + 8)
     cmd = [sys.executable, "-c", _E2E_WORKER, str(run), json.dumps(E2E_CONFIG)]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Killed before its first checkpoint, then at random points, then between the final checkpoint and
+    # summary.json (only the last kill point depends on the process running to the end).
+    hold = "hold-before-first-checkpoint"
+    assert _subprocess_run([*cmd, hold], None, at="before-first-checkpoint")
+    assert not list(run.glob("checkpoints/ckpt_*")) and (run / "config.json").is_file()
     for _ in range(KILLS):
         assert _subprocess_run(cmd, rng), f"the run finished before the kill (TRAJLAB_CRASH_SEED={SEED})"
         _assert_verifies(run)
+    hold = "hold-after-final-checkpoint"
+    assert _subprocess_run([*cmd, hold], None, timeout_s=180, at="after-final-checkpoint")
+    assert not (run / "summary.json").exists() and (run / "checkpoints" / "ckpt_000000030.pt").is_file()
     assert not _subprocess_run(cmd, None, timeout_s=180)
+    from trajlab.train.metrics import TIME_FIELDS
+
+    finals = [json.loads((r / "summary.json").read_text()) for r in (run, reference)]
+    got, want = ({k: v for k, v in s["final"].items() if k not in TIME_FIELDS} for s in finals)
+    assert got == want and got["test_loss"] > 0 and finals[0]["steps"] == 30
 
     assert verify_run(run).ok
     _assert_same_files(reference, run, TRAJECTORY_FILES)

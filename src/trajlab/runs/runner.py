@@ -344,11 +344,7 @@ def _listed(run_dir: str | os.PathLike) -> dict[str, str]:
 
 def _last_eval_row(out_dir: Path) -> dict[str, Any]:
     rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
-    return (
-        {k: v for k, v in rows[-1].items() if k not in ("kind", "step", "epoch", "lr", "wall_s")}
-        if rows
-        else {}
-    )
+    return {k: v for k, v in rows[-1].items() if k != "crc"} if rows else {}
 
 
 def _set_aside_metrics(out_dir: Path, step: int) -> None:
