@@ -26,7 +26,7 @@ def _overrides(tiny):
     ]
 
 
-def _launch(tmp_path, name, overrides, *, nproc=1):
+def _launch(tmp_path, name, overrides, *, nproc=1, ok=True):
     """Run the worker in one process, or under torchrun with ``nproc`` processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAJLAB_NUM_THREADS": "1"}
     launcher = (
@@ -41,7 +41,9 @@ def _launch(tmp_path, name, overrides, *, nproc=1):
         env=env,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.slow
@@ -76,3 +78,18 @@ def test_two_process_online_averages_agree_on_every_rank(tmp_path, tiny_override
     assert r0 == r1  # bit-identical across ranks
     for key in r0:
         assert r0[key] == pytest.approx(single[key], rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank0_stops_every_rank_at_the_same_step(tmp_path, tiny_overrides):
+    """Issue 14: a writer error on rank 0 reaches rank 1 through the per-step flag (no rank left waiting)."""
+    proc = _launch(tmp_path, "ddp", [*_overrides(tiny_overrides), "fail_at=3"], nproc=2, ok=False)
+    assert proc.returncode != 0
+    stopped = [line for line in proc.stdout.splitlines() if " stopped after " in line]
+    assert any(line.startswith("rank 0 ") and "writer failed at step 3" in line for line in stopped), (
+        proc.stdout
+    )
+    assert any(line.startswith("rank 1 ") and "another rank failed at step 3" in line for line in stopped), (
+        proc.stdout + proc.stderr[-2000:]
+    )
+    assert all(float(line.split(" after ")[1].split("s")[0]) < 60 for line in stopped)

@@ -70,7 +70,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
     from trajlab.commands.io import EXIT_DISK_FULL, EXIT_FAILED, EXIT_USAGE
     from trajlab.files import ChecksumError, UnsafePathError
-    from trajlab.train.engine import TrainingDiverged
+    from trajlab.train.engine import RankFailed, TrainingDiverged
     from trajlab.train.metrics import MetricsDamaged
     from trajlab.trajectory import DamageError
 
@@ -87,6 +87,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, f"error: {_text(exc)}"
     if isinstance(exc, TrainingDiverged):
         return EXIT_FAILED, _text(exc)
+    if isinstance(exc, RankFailed):
+        return EXIT_FAILED, f"error: {_text(exc)}"
     if isinstance(exc, OSError):
         return EXIT_FAILED, f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
     return (

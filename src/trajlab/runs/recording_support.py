@@ -67,11 +67,7 @@ def no_batches(count: int) -> Any:
 
 def any_rank_failed(dist_info: distributed.DistInfo, failed: bool) -> bool:
     """Whether any rank failed this step (one all-reduce under DDP; this rank's own answer otherwise)."""
-    if dist_info.world_size <= 1:
-        return failed
-    flag = torch.tensor([1.0 if failed else 0.0], device=_collective_device())
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+    return distributed.any_rank_failed(failed) if dist_info.world_size > 1 else failed
 
 
 def _collective_device() -> torch.device:

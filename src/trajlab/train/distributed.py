@@ -85,6 +85,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank_failed(failed: bool) -> bool:
+    """Whether any rank failed (one all-reduce of a flag under a process group; ``failed`` otherwise).
+
+    Called once per step by every rank, so a rank whose writer failed stops every rank at the same step
+    instead of leaving the others waiting in the next collective.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return failed
+    # nccl moves CUDA tensors only; gloo CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1.0 if failed else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """Average of a tensor over ranks (identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -25,11 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trajlab.train import distributed
 from trajlab.train.callbacks import CallbackBase, StepContext
 
 log = logging.getLogger(__name__)
 
 MetricsSink = Callable[[dict[str, Any]], None]
+
+
+class RankFailed(RuntimeError):
+    """Another rank of a distributed run failed (its writer, a callback); this rank stops with it."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -192,16 +197,16 @@ class Trainer:
                 self.step = step
                 steps_since_log += 1
                 ctx = self._context(step, loss, self._last_indices, self._last_seed, lr=lr)
-                self._call("on_step", ctx)
+                # Callbacks (writers) run inside _guarded: a failure on any rank stops every rank at the
+                # same point, before the next collective (the train row's loss reduction is one).
+                self._guarded(step, self._call, "on_step", ctx)
                 if step % self.log_every_steps == 0 or step == self.total_steps:
                     now = time.perf_counter()
                     row = self._train_row(step, lr, steps_since_log, now - t_log, now - t_start)
                     t_log, steps_since_log = now, 0
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['train_loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-                if step % self.eval_every_steps == 0 or step == self.total_steps:
-                    final = self._eval_row(ctx, time.perf_counter() - t_start)
-                self._call("on_step_end", ctx)
+                final = self._guarded(step, self._eval_and_end, ctx, t_start) or final
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -210,6 +215,29 @@ class Trainer:
             end_ctx = self._context(self.step, None, torch.empty(0, dtype=torch.int64), -1)
             self._call("on_train_end", end_ctx)
         return TrainResult(steps_done=self.step, final_metrics=final, wall_s=time.perf_counter() - t_start)
+
+    def _eval_and_end(self, ctx: StepContext, t_start: float) -> dict[str, Any] | None:
+        """The eval row when this step evaluates (else ``None``), then every callback's ``on_step_end``."""
+        row = None
+        if ctx.step % self.eval_every_steps == 0 or ctx.step == self.total_steps:
+            row = self._eval_row(ctx, time.perf_counter() - t_start)
+        self._call("on_step_end", ctx)
+        return row
+
+    def _guarded(self, step: int, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)``; under DDP every rank then agrees (one all-reduce) whether any rank failed."""
+        failed: Exception | None = None
+        result = None
+        try:
+            result = work(*args)
+        except Exception as e:  # every rank hears of it before anyone waits in a collective
+            failed = e
+        elsewhere = self.world_size > 1 and distributed.any_rank_failed(failed is not None)
+        if failed is not None:
+            raise failed
+        if elsewhere:
+            raise RankFailed(f"another rank failed at step {step} (its error is in its log)")
+        return result
 
     def _train_step(self, step: int, lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:
@@ -327,4 +355,12 @@ class Trainer:
         return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
 
 
-__all__ = ["BatchSource", "CallbackBase", "StepContext", "Trainer", "TrainResult", "TrainingDiverged"]
+__all__ = [
+    "BatchSource",
+    "CallbackBase",
+    "RankFailed",
+    "StepContext",
+    "Trainer",
+    "TrainResult",
+    "TrainingDiverged",
+]
