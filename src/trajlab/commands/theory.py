@@ -351,8 +351,10 @@ def _finish(args: argparse.Namespace, result: dict, figure: Callable[[], Any]) -
     """Save the plot (if asked), then print the JSON or the text summary."""
     if args.plot:
         path = Path(args.plot)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure().savefig(path, dpi=120)
+        from trajlab.files import make_dirs, save_figure_atomic
+
+        make_dirs(path.parent)
+        save_figure_atomic(figure(), path, dpi=120)
         log.info("plot written to %s", path)
     text = result.pop("text", None)
     if args.json or text is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
+from trajlab import files
 from trajlab.config import HostSettings, RunConfig
 from trajlab.provenance import provenance, write_json_atomic
 from trajlab.reports import html as report
@@ -352,7 +352,5 @@ def _finite(obj: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    files.make_dirs(path.parent)
+    files.write_text_atomic(path, text)  # temp file (O_EXCL | O_NOFOLLOW) + rename in the same directory

@@ -135,7 +135,9 @@ def save_figure(fig: Any, path: str | Path) -> str:
     """Save and close ``fig``; return the path as a string."""
     import matplotlib.pyplot as plt
 
+    from trajlab.files import save_figure_atomic
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)  # temp file + rename, never through a symlink
     plt.close(fig)
     return str(path)
