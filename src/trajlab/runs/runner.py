@@ -243,6 +243,7 @@ def run_training(
     )
 
     created_group = distributed.init_process_group(info, device)
+    train_model = trainer = callbacks = None
     try:
         train_model = distributed.wrap_ddp(model, info, device, sync_bn=cfg.train.sync_bn)
         model = getattr(train_model, "module", model)
@@ -322,6 +323,9 @@ def run_training(
             write_run_json(out_dir, "summary.json", summary)
     finally:
         if created_group:
+            # DDP's reducer holds the process group: drop the wrapper (and what holds it) before the group
+            # goes, or gloo can abort at interpreter exit ("terminate called without an active exception").
+            train_model = trainer = callbacks = None
             distributed.destroy_process_group()
     return RunOutcome(run_dir=out_dir, result=result, config=cfg)
 
