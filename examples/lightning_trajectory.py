@@ -72,7 +72,9 @@ def loss_fn(model: nn.Module, batch) -> torch.Tensor:  # noqa: ANN001
     return F.cross_entropy(model(x), y)
 
 
-def train(out: str | Path, *, tiny: bool = False, epochs: int | None = None, ckpt_path: str | None = None) -> Path:
+def train(
+    out: str | Path, *, tiny: bool = False, epochs: int | None = None, ckpt_path: str | None = None
+) -> Path:
     """Fit the classifier with the trajectory callback into ``out``; returns the run directory."""
     torch.manual_seed(0)
     lightning_dir = Path(f"{out}-lightning")  # Lightning's checkpoints and logs, next to the run

@@ -63,7 +63,15 @@ class LoggedLoader:
     logged pass (:meth:`~trajlab.runs.recording.Recording.logged_pass`); length, dataset and samplers are
     the user's loader's, so the framework's ``set_epoch`` calls reach the user's sampler."""
 
-    _FORWARDED = ("dataset", "sampler", "batch_sampler", "batch_size", "collate_fn", "num_workers", "drop_last")
+    _FORWARDED = (
+        "dataset",
+        "sampler",
+        "batch_sampler",
+        "batch_size",
+        "collate_fn",
+        "num_workers",
+        "drop_last",
+    )
 
     def __init__(self, recording: Recording, loader: DataLoader) -> None:
         self.recording = recording

@@ -155,7 +155,9 @@ class TrajectoryCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.recording.close()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self.recording.close(exception)
 
     # ---- validation -------------------------------------------------------------------------------------
@@ -175,7 +177,9 @@ class TrajectoryCallback(pl.Callback):
         if trainer.sanity_checking or rec is None:
             return
         scalars = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1
         }
         rec.log_eval(**scalars)
 

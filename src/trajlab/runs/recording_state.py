@@ -365,6 +365,12 @@ class RecordingCore:
             raise RecordingError(f"{d} holds a trajlab-engine run; record into another directory")
         if not (d / RECIPE_FILE).is_file() and not (d / "provenance.json").is_file():
             raise RecordingError(f"{d} is not empty and holds no recording; choose an empty or new directory")
+        if (d / "summary.json").is_file() and self.framework_state is not None:
+            # A framework continuing from one of its checkpoints (e.g. fit again with more epochs): the
+            # run is unfinished again until this fit ends; files after the checkpoint's step are dropped.
+            if self.dist.rank == 0:
+                (d / "summary.json").unlink()
+            return
         if (d / "summary.json").is_file():
             raise RecordingError(
                 f"{d} holds a finished recording (summary.json); record into another directory"
