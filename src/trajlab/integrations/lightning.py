@@ -5,7 +5,7 @@
     from trajlab.averaging import EMA, TwoPoint
     from trajlab.integrations.lightning import TrajectoryCallback
 
-    callback = TrajectoryCallback("runs/lit", loss_fn=loss_fn, averages=[EMA(0.99), EMA(0.999), TwoPoint(200)],
+    callback = TrajectoryCallback("runs/lit", loss_fn=loss_fn, averages=[EMA(0.99), TwoPoint(200)],
                                   model_factory=make_model, data_factory=make_data)
     trainer = lightning.Trainer(max_epochs=5, callbacks=[callback])
     trainer.fit(module, train_loader, val_loader)    # resume: trainer.fit(..., ckpt_path="last.ckpt")
