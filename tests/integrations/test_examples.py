@@ -1,0 +1,45 @@
+"""Both framework examples run with --tiny, and the four commands accept the runs they write, no flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "needs"),
+    [("lightning_trajectory.py", "lightning"), ("hf_trainer_trajectory.py", "transformers")],
+)
+def test_example_and_the_four_commands(tmp_path: Path, capsys, script: str, needs: str) -> None:
+    pytest.importorskip(needs, reason=f"{script} needs {needs} (`pip install trajlab[dev]`)")
+    from trajlab.cli import main
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--tiny", "--out", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "summary.json").is_file()
+    for command in (
+        f"runs verify {run}",
+        f"average {run} --ema 0.99",
+        f"probe {run} --line",
+        f"report {run} --out {run}/report.html",
+    ):
+        assert main(command.split(), environ={"TRAJLAB_NUM_THREADS": "1"}) == 0, command
+    out = capsys.readouterr().out
+    assert f"OK: {run}" in out and "ema_0.99" in out and "median R^2" in out
+    assert (run / "report.html").is_file()
