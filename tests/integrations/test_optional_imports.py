@@ -36,7 +36,10 @@ def test_missing_framework_is_one_line_naming_the_extra(module: str, extra: str)
 
 
 def test_importing_trajlab_imports_no_framework() -> None:
-    code = "import sys, trajlab, trajlab.runs, trajlab.integrations; print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'transformers')))"
+    code = (
+        "import sys, trajlab, trajlab.runs, trajlab.integrations; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'transformers')))"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code],
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
