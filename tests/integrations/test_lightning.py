@@ -87,3 +87,29 @@ def test_resume_through_lightning_checkpoint_is_bit_identical(
     final = [sorted((tmp_path / r / "checkpoints").glob("ckpt_*.pt"))[-1] for r in ("a", "b")]
     _assert_equal(*(torch.load(f, weights_only=True)["model"] for f in final))
     assert verify_run(tmp_path / "b").clean
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_rank0_writes_the_global_batch(tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo on CPU: the batch log holds both ranks' indices of every step (rank 0's
+    then rank 1's), rebuilt exactly; every rank holds the same averages; one run directory, rank 0's."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(here / "lit_ddp_worker.py"), str(tmp_path / "run"), str(tmp_path / "seen")]
+    env = {**os.environ, "PYTHONPATH": f"{here}:{here.parents[1] / 'src'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=here, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    seen = [torch.load(tmp_path / f"seen.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    run = RecordedRun(tmp_path / "run")
+    assert run.recipe.world_size == 2 and len(seen[0]) == len(seen[1]) == 2 * 4  # 125 per rank, batch 32
+    assert run.batch_steps == list(range(1, 9))
+    for step, (a, b) in enumerate(zip(*seen), 1):
+        x, y = run.batch(step)
+        assert torch.equal(x, torch.cat([a[0], b[0]])) and torch.equal(y, torch.cat([a[1], b[1]])), step
+    emas = [torch.load(tmp_path / f"seen.ema.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    _assert_equal(emas[0], emas[1])
+    assert verify_run(run.run_dir).clean and run.finished
