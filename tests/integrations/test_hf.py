@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 from hf_fixtures import AVERAGES, Capture, Crash, fit, make_model  # noqa: E402
-from test_lightning import _assert_equal, _averages, _same_tree  # noqa: E402
+from integration_checks import assert_equal, averages_of, same_tree  # noqa: E402
 
 from trajlab.averaging import AveragedWeights  # noqa: E402
 from trajlab.integrations.hf import STATE_FILE, hf_loss  # noqa: E402
@@ -35,7 +35,7 @@ def test_averages_equal_the_container_and_the_batch_log_is_exact(tmp_path: Path)
             for name, p in model.named_parameters():
                 p.copy_(weights[name])
         replay.update(step, model)
-    _assert_equal(_averages(callback), replay.state_dict())
+    assert_equal(averages_of(callback), replay.state_dict())
     run = RecordedRun(tmp_path / "run")
     assert run.finished and run.recipe.framework == "hf" and run.batch_steps == list(range(1, steps + 1))
     assert len(capture.inputs) == steps
@@ -70,8 +70,8 @@ def test_resume_through_the_trainer_checkpoint_is_bit_identical(tmp_path: Path) 
     report = verify_run(tmp_path / "b")
     assert report.ok and not report.clean  # unfinished, undamaged
     b = fit(tmp_path / "b", resume=str(tmp_path / "b-hf" / "checkpoint-10"))
-    _assert_equal(_averages(a), _averages(b))
-    _same_tree(tmp_path / "a" / "trajectory", tmp_path / "b" / "trajectory")
+    assert_equal(averages_of(a), averages_of(b))
+    same_tree(tmp_path / "a" / "trajectory", tmp_path / "b" / "trajectory")
     assert verify_run(tmp_path / "b").clean
 
 

@@ -10,37 +10,12 @@ import torch
 
 pytest.importorskip("lightning", reason="the Lightning integration needs `pip install trajlab[lightning]`")
 
+from integration_checks import assert_equal, averages_of, same_tree  # noqa: E402
 from lit_fixtures import AVERAGES, Capture, Crash, fit, make_model  # noqa: E402
 
 from trajlab.averaging import AveragedWeights  # noqa: E402
 from trajlab.runs import RecordedRun  # noqa: E402
 from trajlab.trajectory import verify_run  # noqa: E402
-
-
-def _assert_equal(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_equal(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-def _same_tree(a: Path, b: Path) -> None:
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
-
-
-def _averages(callback) -> dict:
-    return callback.recording.state_dict()["callbacks"]["averaging"]["averaged"]
 
 
 def test_averages_equal_the_container_and_the_batch_log_is_exact(tmp_path: Path) -> None:
@@ -56,7 +31,7 @@ def test_averages_equal_the_container_and_the_batch_log_is_exact(tmp_path: Path)
             for name, p in model.named_parameters():
                 p.copy_(weights[name])
         replay.update(step, model)
-    _assert_equal(_averages(callback), replay.state_dict())
+    assert_equal(averages_of(callback), replay.state_dict())
     # every step's batch, rebuilt from the run alone
     run = RecordedRun(tmp_path / "run")
     assert run.finished and run.kind == "loop" and run.batch_steps == list(range(1, steps + 1))
@@ -82,10 +57,10 @@ def test_resume_through_lightning_checkpoint_is_bit_identical(
         fit(tmp_path / "b", epochs=1, checkpoint_every=every)
     ckpt = tmp_path / "b-ckpt" / f"step={resume_from}.ckpt"
     b = fit(tmp_path / "b", ckpt_path=str(ckpt), checkpoint_every=every)
-    _assert_equal(_averages(a), _averages(b))
-    _same_tree(tmp_path / "a" / "trajectory", tmp_path / "b" / "trajectory")
+    assert_equal(averages_of(a), averages_of(b))
+    same_tree(tmp_path / "a" / "trajectory", tmp_path / "b" / "trajectory")
     final = [sorted((tmp_path / r / "checkpoints").glob("ckpt_*.pt"))[-1] for r in ("a", "b")]
-    _assert_equal(*(torch.load(f, weights_only=True)["model"] for f in final))
+    assert_equal(*(torch.load(f, weights_only=True)["model"] for f in final))
     assert verify_run(tmp_path / "b").clean
 
 
@@ -111,5 +86,5 @@ def test_ddp_two_processes_rank0_writes_the_global_batch(tmp_path: Path) -> None
         x, y = run.batch(step)
         assert torch.equal(x, torch.cat([a[0], b[0]])) and torch.equal(y, torch.cat([a[1], b[1]])), step
     emas = [torch.load(tmp_path / f"seen.ema.rank{r}.pt", weights_only=True) for r in (0, 1)]
-    _assert_equal(emas[0], emas[1])
+    assert_equal(emas[0], emas[1])
     assert verify_run(run.run_dir).clean and run.finished

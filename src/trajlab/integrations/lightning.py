@@ -23,6 +23,11 @@ BatchNorm statistics recalibrated on ``bn_batches`` training batches, and the mo
 averaged over batches, weighted by batch size); the results are logged as ``"{average}/{metric}"``
 (e.g. ``"ema_0.99/val_loss"``) into the trainer's loggers, and the live weights are swapped back.
 Under DDP every rank trains and evaluates its shard, rank 0 alone writes the run.
+
+Resume: the callback's state (in Lightning's checkpoint) holds the averages, the loader's position and the
+RNG, so ``trainer.fit(..., ckpt_path=...)`` continues bit-identically, also from a checkpoint in the
+middle of an epoch (the logged loader skips the batches already trained on; Lightning's warning that the
+DataLoader "is not resumable" does not apply to it). A fit that raises leaves the run unfinished.
 """
 
 from __future__ import annotations
