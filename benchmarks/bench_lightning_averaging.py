@@ -16,7 +16,9 @@ Validation is off (``limit_val_batches=0``): the figure is the cost per training
 ``Trainer.fit`` of ``--warmup`` + ``--steps`` steps; the time of the timed steps is measured between the
 last callback's ``on_train_batch_end`` of step ``warmup`` and of the last step (so it includes every
 callback's per-step work). Ratio of a mode = its step time / ``none``'s in the same round; medians over
-rounds.
+rounds. On a shared 2-core machine the step-time ratios carry several percent of noise, so the time spent
+inside the averaging callback's per-step hooks (``on_train_batch_start`` + ``on_train_batch_end``, where
+both callbacks do all their per-step work) is also measured directly, per timed step.
 
 Usage: ``python benchmarks/bench_lightning_averaging.py [--rounds 5] [--steps 30] [--warmup 5]
 [--threads 1] [--out benchmarks/results/lightning_averaging.json]``.
@@ -76,6 +78,24 @@ class StepTimer(pl.Callback):
             self.seconds = time.perf_counter() - self.t0
 
 
+class HookTimer:
+    """Wraps a callback's per-step hooks and adds up the wall time spent inside them once ``timing``."""
+
+    def __init__(self, callback: pl.Callback, timer: StepTimer) -> None:
+        self.seconds = 0.0
+        for name in ("on_train_batch_start", "on_train_batch_end"):
+            setattr(callback, name, self._timed(getattr(callback, name), timer))
+
+    def _timed(self, hook: Any, timer: StepTimer) -> Any:
+        def run(trainer: pl.Trainer, *args: Any) -> None:
+            t0 = time.perf_counter()
+            hook(trainer, *args)
+            if timer.t0 and not timer.seconds and trainer.global_step > timer.start:
+                self.seconds += time.perf_counter() - t0
+
+        return run
+
+
 def _callbacks(mode: str, run_dir: Path) -> list[pl.Callback]:
     if mode == "lightning_ema":
         return [pl.callbacks.EMAWeightAveraging(decay=0.999)]
@@ -88,11 +108,16 @@ def _callbacks(mode: str, run_dir: Path) -> list[pl.Callback]:
     return []
 
 
-def _block(mode: str, data: TensorDataset, warmup: int, steps: int, root: Path, index: int) -> float:
+def _block(
+    mode: str, data: TensorDataset, warmup: int, steps: int, root: Path, index: int
+) -> tuple[float, float]:
+    """(seconds per timed step, seconds per timed step inside the averaging callback's hooks)."""
     timer = StepTimer(warmup, warmup + steps)
+    callbacks = _callbacks(mode, root / f"{mode}-{index}")
+    hooks = [HookTimer(cb, timer) for cb in callbacks]
     trainer = pl.Trainer(
         max_steps=warmup + steps,
-        callbacks=[*_callbacks(mode, root / f"{mode}-{index}"), timer],
+        callbacks=[*callbacks, timer],
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -101,7 +126,7 @@ def _block(mode: str, data: TensorDataset, warmup: int, steps: int, root: Path, 
         limit_val_batches=0,
     )
     trainer.fit(Net(), DataLoader(data, batch_size=128, shuffle=True))
-    return timer.seconds / steps
+    return timer.seconds / steps, sum(h.seconds for h in hooks) / steps
 
 
 def main() -> None:
@@ -119,12 +144,21 @@ def main() -> None:
     n = 128 * (args.warmup + args.steps + 1)
     data = TensorDataset(torch.randn(n, 1, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    hook_times: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
             for mode in order:
-                times[mode].append(_block(mode, data, args.warmup, args.steps, Path(tmp), r))
-            print(f"round {r}: " + ", ".join(f"{m} {times[m][-1] * 1e3:.1f} ms" for m in MODES), flush=True)
+                step_s, hook_s = _block(mode, data, args.warmup, args.steps, Path(tmp), r)
+                times[mode].append(step_s)
+                hook_times[mode].append(hook_s)
+            print(
+                f"round {r}: "
+                + ", ".join(
+                    f"{m} {times[m][-1] * 1e3:.1f} ms (hooks {hook_times[m][-1] * 1e3:.2f})" for m in MODES
+                ),
+                flush=True,
+            )
     ratios = {
         m: statistics.median(t / b for t, b in zip(times[m], times["none"])) for m in MODES if m != "none"
     }
@@ -135,6 +169,10 @@ def main() -> None:
         "warmup": args.warmup,
         "threads": args.threads,
         "step_ms_median": {m: statistics.median(t) * 1e3 for m, t in times.items()},
+        "hook_ms_per_step_median": {m: statistics.median(t) * 1e3 for m, t in hook_times.items()},
+        "hook_share_of_step_median": {
+            m: statistics.median(h / t for h, t in zip(hook_times[m], times[m])) for m in MODES
+        },
         "ratio_vs_none_median": ratios,
         "ratio_trajlab_3ema_2pt_vs_lightning_ema": statistics.median(
             a / b for a, b in zip(times["trajlab_3ema_2pt"], times["lightning_ema"])
