@@ -17,6 +17,7 @@ from trajlab.trajectory import (
     load_latest_checkpoint,
     save_checkpoint,
 )
+from trajlab.trajectory.checkpoint import prune_checkpoints
 
 
 def _state(step: int) -> dict:
@@ -101,3 +102,42 @@ def test_checkpointer_prunes_to_last_k_and_saves_final(tmp_path: Path) -> None:
     ]
     state = load_latest_checkpoint(tmp_path)
     assert state is not None and state["step"] == 23 and "recorder" in state["callbacks"]
+
+
+def _problems(run: Path) -> dict[str, str]:
+    from trajlab.trajectory import verify_run
+
+    return {p.kind: p.severity for p in verify_run(run).problems}
+
+
+def test_a_kill_between_checkpoint_and_its_sha256_line_is_torn_not_damage(tmp_path: Path) -> None:
+    """Killed after the newest .pt and before its .sha256 line: unfinished, resumable, not damaged."""
+    from trajectory_fakes import crash_trainer
+
+    run = tmp_path / "run"
+    crash_trainer(run, resume=False).fit()
+    newest = list_checkpoints(run)[-1][1]
+    newest.with_suffix(".sha256").unlink()
+    assert _problems(run) == {"torn": "warning", "no-config": "warning"}
+    (run / "summary.json").write_text("{}")  # a finished run has no excuse: damage
+    assert _problems(run)["missing"] == "error"
+
+
+def test_a_kill_inside_a_prune_leaves_a_note_and_the_next_prune_cleans_it(tmp_path: Path) -> None:
+    """Pruning deletes the oldest .pt, then its .sha256 line; a kill in between leaves the line, which is
+    older than every kept checkpoint (a note, nothing the run needs); a newer orphan line is damage."""
+    from trajectory_fakes import crash_trainer
+
+    run = tmp_path / "run"
+    crash_trainer(run, resume=False).fit()
+    kept = list_checkpoints(run)
+    kept[0][1].unlink()
+    assert _problems(run).get("pruned") == "note" and "missing" not in _problems(run)
+    save_checkpoint(run, kept[-1][0] + 1, _state(kept[-1][0] + 1))
+    prune_checkpoints(run, keep=2)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(
+        f"ckpt_{s:09d}.{e}" for s in (kept[-1][0], kept[-1][0] + 1) for e in ("pt", "sha256")
+    )
+    list_checkpoints(run)[-1][1].unlink()  # the newest .pt lost: damage
+    assert _problems(run)["missing"] == "error"

@@ -19,13 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from trajlab import files
 from trajlab.config import HostSettings
 from trajlab.provenance import provenance, write_json_atomic
 from trajlab.runs import recording_support as support
 from trajlab.runs.recipe import RECIPE_FILE, Recipe, optimizer_facts, read_recipe
 from trajlab.train import distributed
 from trajlab.train.callbacks import StepContext
-from trajlab.train.metrics import MetricsLog, truncate_after
+from trajlab.train.metrics import MetricsLog
+from trajlab.trajectory.quarantine import set_aside_metrics
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ class RecordingCore:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_provenance(resumed_at=resumed_at)
             if resumed_at is not None:
-                truncate_after(self.run_dir / "metrics.jsonl", resumed_at)
+                set_aside_metrics(self.run_dir, resumed_at)  # rows past it go to RUN/quarantine/
             self._sink = support.metrics_log(self.run_dir, self.opts["tensorboard"])
         if state is not None:
             self._load(state)
@@ -431,7 +433,7 @@ class RecordingCore:
                     "record into a new run directory"
                 )
         if self.dist.rank == 0:
-            write_json_atomic(path, recipe.to_dict())
+            files.write_run_json(self.run_dir, RECIPE_FILE, recipe.to_dict())  # sha256 in checksums.json
 
     def _check_open(self) -> None:
         if not self._open:

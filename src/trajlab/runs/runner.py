@@ -32,13 +32,12 @@ from trajlab.train import distributed
 from trajlab.train.engine import Trainer, TrainResult
 from trajlab.train.evaluate import evaluate_model
 from trajlab.train.metrics import (
-    MetricsDamaged,
     MetricsLog,
     read_metrics,
     tensorboard_installed,
-    truncate_after,
 )
 from trajlab.trajectory.errors import DamageError
+from trajlab.trajectory.quarantine import set_aside_metrics
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +268,7 @@ def run_training(
                     {"source_run": str(branch_from[0]), "source_step": int(branch_from[1])},
                 )
             if resumed_at is not None:
-                _set_aside_metrics(out_dir, resumed_at)
+                set_aside_metrics(out_dir, resumed_at)
         callbacks = _make_callbacks(cfg, out_dir, model, batches, extra_callbacks, host)
         sink = None
         if info.rank == 0:
@@ -345,20 +344,6 @@ def _listed(run_dir: str | os.PathLike) -> dict[str, str]:
 def _last_eval_row(out_dir: Path) -> dict[str, Any]:
     rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
     return {k: v for k, v in rows[-1].items() if k != "crc"} if rows else {}
-
-
-def _set_aside_metrics(out_dir: Path, step: int) -> None:
-    """Rows past ``step`` go to the quarantine (a damaged row before it makes the resume refuse)."""
-    from trajlab.trajectory.quarantine import Quarantine
-
-    try:
-        _, removed = truncate_after(out_dir / "metrics.jsonl", step)
-    except MetricsDamaged as e:
-        raise DamageError(str(e)) from None
-    if removed:
-        quarantine = Quarantine(out_dir, step)
-        quarantine.keep("metrics.jsonl", "".join(line + "\n" for line in removed).encode())
-        quarantine.report()
 
 
 def _write_run_files(

@@ -144,6 +144,11 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
                 removed.append(victim)
             except FileNotFoundError:
                 pass
+    kept = list_checkpoints(run_dir)
+    for sha in checkpoint_dir(run_dir).glob("ckpt_*.sha256"):  # lines an interrupted prune left behind
+        if kept and not sha.with_suffix(".pt").exists() and int(sha.stem.split("_")[1]) < kept[0][0]:
+            sha.unlink(missing_ok=True)
+            removed.append(sha)
     for tmp in checkpoint_dir(run_dir).glob(f".*{layout.TMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
     if removed:

@@ -68,6 +68,24 @@ class Quarantine:
             )
 
 
+def set_aside_metrics(run_dir: str | os.PathLike, step: int) -> None:
+    """Move the rows of ``RUN/metrics.jsonl`` past ``step`` into the quarantine (a resume at ``step``).
+
+    Raises:
+        DamageError: a damaged row at or before ``step`` (the resume refuses rather than drop it).
+    """
+    from trajlab.train.metrics import MetricsDamaged, truncate_after
+
+    try:
+        _, removed = truncate_after(Path(run_dir) / "metrics.jsonl", step)
+    except MetricsDamaged as e:
+        raise DamageError(str(e)) from None
+    if removed:
+        quarantine = Quarantine(run_dir, step)
+        quarantine.keep("metrics.jsonl", "".join(line + "\n" for line in removed).encode())
+        quarantine.report()
+
+
 def scan_batch_log(run_dir: str | os.PathLike) -> tuple[int, Path | None]:
     """``(L, where)``: the last step L such that batch-log records 1..L are all present and intact (0 when
     none), and the chunk file where the intact prefix ends (``None`` when it ends with the log itself)."""

@@ -79,10 +79,17 @@ def _verify_checkpoints(run_dir: Path, report: VerifyReport) -> None:
     listed = list_checkpoints(run_dir)
     have = {p.with_suffix(".sha256").name for _, p in listed}
     ckpt_dir = run_dir / layout.CHECKPOINT_DIR
+    oldest = listed[0][0] if listed else None
     for sha in sorted(ckpt_dir.glob("ckpt_*.sha256")) if ckpt_dir.is_dir() else []:
         if sha.name not in have:
             rel = f"{layout.CHECKPOINT_DIR}/{sha.with_suffix('.pt').name}"
-            report.add("error", "missing", rel, None, f"checkpoint missing (its {sha.name} is there)")
+            step = int(sha.stem.split("_")[1])
+            if oldest is not None and step < oldest:
+                # Pruning deletes the .pt, then its .sha256: a kill in between leaves this line behind.
+                report.add("note", "pruned", rel, step, f"pruned checkpoint (its {sha.name} was left behind)")
+            else:
+                report.add("error", "missing", rel, None, f"checkpoint missing (its {sha.name} is there)")
+    newest = listed[-1][0] if listed else None
     for step, path in listed:
         rel = f"{layout.CHECKPOINT_DIR}/{path.name}"
         report.checkpoints_checked += 1
@@ -90,7 +97,19 @@ def _verify_checkpoints(run_dir: Path, report: VerifyReport) -> None:
         try:
             expected = sha.read_text().split(" ", 1)[0].strip()
         except (OSError, UnicodeDecodeError):
-            report.add("error", "missing", f"{layout.CHECKPOINT_DIR}/{sha.name}", step, "sha256 line missing")
+            if step == newest and not report.finished:
+                # Written as the .pt, then its .sha256 line: a run killed in between. Resume skips it.
+                report.add(
+                    "warning",
+                    "torn",
+                    rel,
+                    step,
+                    "no sha256 line: the run stopped while writing it; resume uses the previous checkpoint",
+                )
+            else:
+                report.add(
+                    "error", "missing", f"{layout.CHECKPOINT_DIR}/{sha.name}", step, "sha256 line missing"
+                )
             continue
         if _sha256_file(path) != expected:
             report.add("error", "corrupt", rel, step, "sha256 differs from its .sha256 line (file altered)")
