@@ -39,7 +39,7 @@ from torch import nn
 
 from trajlab.config import HostSettings
 from trajlab.runs.loaders import LoggedBatchSampler, logged_loader, mix_seed
-from trajlab.runs.recording_state import RecordingCore
+from trajlab.runs.recording_state import RecordingCore, RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,7 @@ class Recording(RecordingCore):
 
     def _one_pass(self, loader: Any, max_steps: int | None) -> Iterator[Any]:
         skip, on_position = self._resume_position()
-        seeds = (lambda n: mix_seed(self.seed, n) >> 2) if self.seeded else None
-        sampler = LoggedBatchSampler(
-            loader.batch_sampler, self.drawn, skip=skip, seeds=seeds, first_batch=self.batches_drawn
-        )
+        sampler = self.logged_batch_sampler(loader.batch_sampler, skip)
         sampler.on_position = on_position
         if skip == 0:
             self.epoch_rng = _rng_state(loader)
@@ -104,6 +101,66 @@ class Recording(RecordingCore):
             self.batches_in_epoch = 0
         finally:
             del iterator  # shut worker processes down now, not at garbage collection
+
+    # ---- driven by a framework (trajlab.integrations: Lightning, Hugging Face) ----------------------------
+    # The framework iterates the loader and steps the optimizer; its events say when a batch is trained on
+    # (take_batch, before that step's optimizer.step()), when a step's work is due (flush) and when an epoch
+    # ends (finish_epoch). Prefetching frameworks draw batches ahead: the FIFO keeps them in order.
+    def use_loader(self, loader: Any) -> None:
+        """Make ``loader`` (a DataLoader) the run's training loader: checked, and written into the recipe."""
+        self._check_open()
+        self._remember_loader(loader)
+
+    def logged_batch_sampler(self, inner: Any, skip: int = 0) -> LoggedBatchSampler:
+        """``inner`` (a batch sampler) logging every index list it yields into this recording's FIFO."""
+        seeds = (lambda n: mix_seed(self.seed, n) >> 2) if self.seeded else None
+        return LoggedBatchSampler(inner, self.drawn, skip=skip, seeds=seeds, first_batch=self.batches_drawn)
+
+    def logged_pass(self, loader: Any) -> Iterator[Any]:
+        """One pass over ``loader`` (the one given to :meth:`use_loader`), its index lists logged; the first
+        pass of a resumed run skips the batches already trained on and restores the RNG as :meth:`batches`
+        does. Unlike :meth:`batches` it neither takes batches nor flushes: the framework's events do."""
+        self._check_open()
+        skip, on_position = self._resume_position()
+        sampler = self.logged_batch_sampler(loader.batch_sampler, skip)
+        sampler.on_position = on_position
+        if skip == 0:
+            self.epoch_rng = _rng_state(loader)
+        iterator = iter(logged_loader(loader, sampler))
+        try:
+            yield from iterator
+        finally:
+            del iterator
+
+    def take_batch(self) -> None:
+        """The framework trains on the next batch drawn (call before that batch's ``optimizer.step()``).
+
+        A pass whose batches were all taken ends the epoch here, so a checkpoint written before the
+        framework's own end-of-epoch event resumes at the next epoch.
+        """
+        if not self.drawn:
+            raise RecordingError(
+                "a batch was trained on that the logged loader did not draw; train on the loader the "
+                "recording wraps (one training DataLoader per run)"
+            )
+        self._take(self.drawn.popleft())
+        length = len(self._loader.batch_sampler) if self._loader is not None else 0
+        if length and self.batches_in_epoch >= length:
+            self.epoch += 1
+            self.batches_in_epoch = 0
+
+    def drop_drawn(self, count: int) -> None:
+        """Forget the ``count`` oldest drawn batches (a framework skipped them on resume without training)."""
+        for _ in range(min(count, len(self.drawn))):
+            self.drawn.popleft()
+
+    def finish_epoch(self) -> None:
+        """The framework ended an epoch (possibly early, e.g. ``limit_train_batches``): the next pass is a
+        new epoch, and index lists drawn ahead but never trained on are dropped."""
+        self.drawn.clear()
+        if self.batches_in_epoch:
+            self.epoch += 1
+            self.batches_in_epoch = 0
 
     def _resume_position(self) -> tuple[int, Callable[[], None] | None]:
         """Batches to skip in this pass, and what to do once they are skipped (restore the RNG)."""

@@ -67,6 +67,9 @@ class RecordingCore:
         self._metrics: dict[str, list[Any]] = {}
         self._last_eval: dict[str, Any] = {}
         self._open = False
+        # A framework adapter (trajlab.integrations) resumes from the framework's checkpoint, never from
+        # run_dir/checkpoints: it sets this to the state it saved there (None: a fresh start).
+        self.framework_state: dict[str, Any] | None = None
         self._hook: Any = None
         self._callbacks: list[Any] = []
         self._sink: MetricsLog | None = None
@@ -144,7 +147,10 @@ class RecordingCore:
     # ---- enter / exit --------------------------------------------------------------------------------
     def __enter__(self) -> Any:
         self._refuse_other_runs()
-        state = self._latest_state() if self.opts["resume"] else None
+        if self.opts["framework"] != "plain":
+            state = self.framework_state
+        else:
+            state = self._latest_state() if self.opts["resume"] else None
         # Killed before its first checkpoint: start again from step 0 over what was written (the same
         # code writes the same files), instead of refusing the directory.
         restart = state is None and (self.run_dir / "trajectory").is_dir()
@@ -301,18 +307,22 @@ class RecordingCore:
         self._sink(row)
 
     # ---- state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint: model, optimizer, schedulers, RNG, the loader's position and every callback."""
+    def state_dict(self, training: bool = True) -> dict[str, Any]:
+        """The checkpoint: model, optimizer, schedulers, RNG, the loader's position and every callback.
+
+        Args:
+            training: include the model, optimizer and schedulers (``False``: a framework checkpoints them).
+        """
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        out: dict[str, Any] = {"format": STATE_FORMAT, "version": 1, "step": self.step}
+        if training:
+            out["model"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            out["optimizer"] = self.optimizer.state_dict()
+            out["schedulers"] = [s.state_dict() for s in self.schedulers]
         return {
-            "format": STATE_FORMAT,
-            "version": 1,
-            "step": self.step,
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
+            **out,
             "rng": rng,
             "loader": {
                 "epoch": self.epoch,
@@ -325,8 +335,9 @@ class RecordingCore:
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "model" in state:  # absent when a framework checkpointed model and optimizer itself
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         for s, saved in zip(self.schedulers, state.get("schedulers", [])):
             s.load_state_dict(saved)
         torch.set_rng_state(state["rng"]["torch"])
@@ -356,6 +367,12 @@ class RecordingCore:
             raise RecordingError(f"{d} holds a trajlab-engine run; record into another directory")
         if not (d / RECIPE_FILE).is_file() and not (d / "provenance.json").is_file():
             raise RecordingError(f"{d} is not empty and holds no recording; choose an empty or new directory")
+        if (d / "summary.json").is_file() and self.framework_state is not None:
+            # A framework continuing from one of its checkpoints (e.g. fit again with more epochs): the
+            # run is unfinished again until this fit ends; files after the checkpoint's step are dropped.
+            if self.dist.rank == 0:
+                (d / "summary.json").unlink()
+            return
         if (d / "summary.json").is_file():
             raise RecordingError(
                 f"{d} holds a finished recording (summary.json); record into another directory"
