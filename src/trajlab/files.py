@@ -250,14 +250,18 @@ def write_run_json(run_dir: str | os.PathLike, rel: str, obj: Any, *, indent: in
     record_checksum(run_dir, rel, sha256_bytes(data))
 
 
-def record_checksum(run_dir: str | os.PathLike, rel: str, sha: str) -> None:
-    """Add or replace one entry of ``RUN/checksums.json`` (atomically)."""
+def record_checksum(run_dir: str | os.PathLike, rel: str, sha: str | None) -> None:
+    """Add or replace one entry of ``RUN/checksums.json`` (atomically); ``sha=None`` removes it (the file
+    was set aside on purpose)."""
     run_dir = Path(run_dir)
     try:
         files = read_checksums(run_dir)
     except ChecksumError:
         files = {}  # rebuilt from what is written from now on; `runs verify` reported the damage
-    files[rel] = sha
+    if sha is None:
+        files.pop(rel, None)
+    else:
+        files[rel] = sha
     doc = {"format": "trajlab-checksums/1", "files": files}
     write_json_atomic(run_dir / CHECKSUMS_FILE, doc, root=run_dir)
 

@@ -369,9 +369,14 @@ class RecordingCore:
             raise RecordingError(f"{d} is not empty and holds no recording; choose an empty or new directory")
         if (d / "summary.json").is_file() and self.framework_state is not None:
             # A framework continuing from one of its checkpoints (e.g. fit again with more epochs): the
-            # run is unfinished again until this fit ends; files after the checkpoint's step are dropped.
+            # run is unfinished again until this fit ends; files after the checkpoint's step are set aside.
             if self.dist.rank == 0:
-                (d / "summary.json").unlink()
+                from trajlab.trajectory.quarantine import Quarantine
+
+                quarantine = Quarantine(d, int(self.framework_state.get("step", 0)))
+                quarantine.move(d / "summary.json")  # set aside, not deleted; a new one ends this fit
+                files.record_checksum(d, "summary.json", None)
+                quarantine.report()
             return
         if (d / "summary.json").is_file():
             raise RecordingError(
