@@ -1,4 +1,4 @@
-"""``trajlab demo``: the README's main command (train to the plateau, ladder, averages, probes, theory, report)."""
+"""``trajlab demo``: the README's main command (train to the plateau, lr ladder, averages, theory, report)."""
 
 from __future__ import annotations
 

@@ -297,8 +297,8 @@ def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
         {
             "claim": "Weights settle into a quasi-stationary distribution at a constant lr (the plateau)",
             "measured": (
-                f"train loss plateaus from step {p['start_step']} (drift {p['drift']:.2g} ± {p['drift_se']:.2g}"
-                f" over {p['length_steps']} steps, level {p['level']:.3f}); ladder branches at step "
+                f"train loss plateaus from step {p['start_step']} "
+                f"(drift {p['drift']:.2g} ± {p['drift_se']:.2g} over {p['length_steps']} steps, level {p['level']:.3f}); ladder branches at step "
                 f"{doc['branch_step']}"
                 if p["found"]
                 else f"no plateau in {doc['steps']} steps; ladder branches at step {doc['branch_step']}"
@@ -312,12 +312,13 @@ def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "claim": f"F: EMA {r['decay']:g} equals SGD at a reduced constant lr",
-                "measured": f"{_lr_text(r['measured'], lr)} on test loss, {_lr_text(r['measured_acc'], lr)} on "
-                f"accuracy (EMA placed on the lr ladder)",
+                "measured": f"{_lr_text(r['measured'], lr)} on test loss, "
+                f"{_lr_text(r['measured_acc'], lr)} on accuracy (EMA placed on the lr ladder)",
                 "predicted": f"{_lr_text(r['predicted'], lr)} read on the predicted ladder; stationary "
                 f"{_lr_text(r['predicted_stationary'], lr)}" + (f" ({r['reason']})" if r["reason"] else ""),
                 "agreement": f"factor {r['factor']:.2g} ({'within' if r['within_factor'] else 'not within'} "
-                f"{EQUIVALENT_LR_FACTOR:g}); nearer the predicted-lr run than 2x and 1/2x: {_yes(b['passed'])}"
+                f"{EQUIVALENT_LR_FACTOR:g}); nearer the predicted-lr run than 2x and 1/2x: "
+                f"{_yes(b['passed'])}"
                 + (f" (extrapolated: {', '.join(b['extrapolated'])})" if b["extrapolated"] else ""),
             }
         )
@@ -340,7 +341,8 @@ def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
             else "no gap measured",
             "predicted": (
                 g["predicted_reason"]
-                or f"fitted on the EMAs and the ladder (gains held out): normalised L1 {g['normalised_l1']:.2f}"
+                or "fitted on the EMAs and the ladder (gains held out): normalised L1 "
+                f"{g['normalised_l1']:.2f}"
             ),
             "agreement": f"{_yes(g['l1_ok'])} (L1 <= {GAIN_CURVE_TOLERANCE:.2f})"
             + ("; the prediction is all zeros" if g["all_zero"] else ""),

@@ -1,0 +1,88 @@
+"""The plateau demo: its pure measurements on known numbers, and end to end on the tiny budget (seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trajlab import cli
+from trajlab.experiments.plateau_demo import PLATEAU_BUDGETS, choose_branch_step
+from trajlab.experiments.plateau_measure import (
+    bracket_check,
+    ladder_reading_at,
+    mean_se,
+    measured_equivalent_lr,
+    normalised_l1,
+)
+
+LADDER = {0.1: 0.39, 0.05: 0.34, 0.025: 0.33, 0.0125: 0.32, 0.00625: 0.31}
+
+
+def test_measured_equivalent_lr_interpolates_in_log_lr_on_loss_and_accuracy() -> None:
+    lr, note = measured_equivalent_lr(LADDER, 0.325)
+    assert note is None and lr == pytest.approx(math.sqrt(0.025 * 0.0125))
+    acc = {r: 1 - v for r, v in LADDER.items()}  # accuracy rises as the lr falls
+    assert measured_equivalent_lr(acc, 1 - 0.325, higher_is_better=True)[0] == pytest.approx(lr)
+    below, note = measured_equivalent_lr(LADDER, 0.30)
+    assert below < 0.00625 and "extrapolated" in note
+
+
+def test_ladder_reading_and_the_bracket_check() -> None:
+    assert ladder_reading_at(LADDER, 0.05) == (pytest.approx(0.34), False)
+    assert ladder_reading_at(LADDER, 0.2)[1]  # above the top rung: extrapolated
+    runs = {"predicted": 0.33, "2x": 0.34, "half": 0.32}
+    assert bracket_check(0.331, runs)["passed"] is True
+    fail = bracket_check(0.322, runs)
+    assert fail["passed"] is False and fail["nearest"] == "half"
+    assert bracket_check(0.33, {"predicted": 0.33, "2x": math.nan, "half": 0.32})["passed"] is None
+
+
+def test_mean_se_and_normalised_l1() -> None:
+    m, se = mean_se([1.0, 2.0, 3.0, math.nan])
+    assert m == 2.0 and se == pytest.approx(1 / math.sqrt(3))
+    assert normalised_l1([1.0, 2.0], [1.0, 4.0]) == pytest.approx(2 / 5)
+    assert math.isnan(normalised_l1([math.nan], [1.0]))
+
+
+def test_branch_step_is_the_first_checkpoint_after_the_plateau_within_the_cap() -> None:
+    b = PLATEAU_BUDGETS["default"]
+    assert choose_branch_step(12_345, b) == 13_000
+    assert choose_branch_step(None, b) == b.steps - b.min_ladder_steps  # no plateau: the cap
+    assert choose_branch_step(23_000, b) == 16_000
+
+
+def test_snapshots_cover_every_gap_at_every_end_time() -> None:
+    for b in PLATEAU_BUDGETS.values():
+        sched = b.snapshot_schedule()
+        every = b.end_every_steps
+        at = set(json.loads(sched.split("at_steps = ")[1].rstrip("}")))
+        for t in b.end_times:
+            for k in b.gaps:
+                if t - k >= 0:
+                    assert (t - k) % every == 0 or t - k in at, (t, k)
+
+
+def test_tiny_plateau_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--budget", "tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "plateau" in out and "EMA 0.9" in out and "two-point gain" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) >= {"plateau", "ema", "two_point", "wall_seconds"}
+    assert set(summary["plateau"]) >= {"reached", "from_step"}
+    for e in summary["ema"]:
+        assert set(e) >= {
+            "decay",
+            "measured_equivalent_lr",
+            "predicted_equivalent_lr",
+            "ema_test_loss",
+            "constant_lr_test_loss",
+        }
+    tp = summary["two_point"]
+    assert set(tp) >= {"gaps", "measured_gain", "predicted_gain", "half_lr_gain", "largest_gap_gain"}
+    assert len(tp["gaps"]) == len(tp["measured_gain"]) == len(tp["predicted_gain"]) >= 3
+    html = (tmp_path / "report.html").read_text()
+    assert "The paper&#39;s claims on this run" in html and "paper&#39;s claim" in html
+    assert html.index('id="plateau"') < html.index('id="overview"')
