@@ -298,8 +298,8 @@ def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
             "claim": "Weights settle into a quasi-stationary distribution at a constant lr (the plateau)",
             "measured": (
                 f"train loss plateaus from step {p['start_step']} "
-                f"(drift {p['drift']:.2g} ± {p['drift_se']:.2g} over {p['length_steps']} steps, level {p['level']:.3f}); ladder branches at step "
-                f"{doc['branch_step']}"
+                f"(drift {p['drift']:.2g} ± {p['drift_se']:.2g} over {p['length_steps']} steps, "
+                f"level {p['level']:.3f}); ladder branches at step {doc['branch_step']}"
                 if p["found"]
                 else f"no plateau in {doc['steps']} steps; ladder branches at step {doc['branch_step']}"
             ),
