@@ -47,11 +47,12 @@ def test_mean_se_and_normalised_l1() -> None:
     assert math.isnan(normalised_l1([math.nan], [1.0]))
 
 
-def test_branch_step_is_the_first_checkpoint_after_the_plateau_within_the_cap() -> None:
-    b = PLATEAU_BUDGETS["default"]
-    assert choose_branch_step(12_345, b) == 13_000
-    assert choose_branch_step(None, b) == b.steps - b.min_ladder_steps  # no plateau: the cap
-    assert choose_branch_step(23_000, b) == 16_000
+def test_branch_step_is_on_the_plateau_with_a_fixed_ladder_length_within_the_cap() -> None:
+    b = PLATEAU_BUDGETS["default"]  # 24k steps, ladder 8k steps, at least 6k, checkpoints every 1k
+    assert choose_branch_step(8_000, b) == 16_000  # plateau early: the ladder's fixed length
+    assert choose_branch_step(16_345, b) == 17_000  # later: the first checkpoint on the plateau
+    assert choose_branch_step(23_000, b) == 18_000  # too late: the cap
+    assert choose_branch_step(None, b) == 18_000  # no plateau: the cap
 
 
 def test_snapshots_cover_every_gap_at_every_end_time() -> None:

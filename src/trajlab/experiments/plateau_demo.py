@@ -51,6 +51,7 @@ class PlateauBudget:
         eval_every_steps: test-set evaluations of the base run and the branches.
         checkpoint_every_steps: possible branch points.
         plateau_windows: windows of the plateau test.
+        ladder_steps: the ladder's length when the plateau starts earlier than T - this.
         min_ladder_steps: the ladder branches no later than T - this (its lowest rung needs time to settle).
         end_span_steps: the two-point end times are every ``end_every_steps`` over the last this-many steps.
         end_every_steps: spacing of the two-point end times (also the snapshot spacing).
@@ -68,6 +69,7 @@ class PlateauBudget:
     eval_every_steps: int
     checkpoint_every_steps: int
     plateau_windows: int
+    ladder_steps: int
     min_ladder_steps: int
     end_span_steps: int
     end_every_steps: int
@@ -112,6 +114,7 @@ PLATEAU_BUDGETS = {
         eval_every_steps=10,
         checkpoint_every_steps=20,
         plateau_windows=6,
+        ladder_steps=120,
         min_ladder_steps=80,
         end_span_steps=40,
         end_every_steps=20,
@@ -135,7 +138,8 @@ PLATEAU_BUDGETS = {
         eval_every_steps=100,
         checkpoint_every_steps=1000,
         plateau_windows=12,
-        min_ladder_steps=8000,
+        ladder_steps=8000,
+        min_ladder_steps=6000,
         end_span_steps=5000,
         end_every_steps=500,
         gaps=(1, 2, 3, 5, 8, 13, 20, 35, 50, 100, 200, 300, 500, 1000, 2000, 4000, 8000, 12000, 16000),
@@ -205,11 +209,15 @@ class PlateauDemoResult:
 
 
 def choose_branch_step(plateau_start: int | None, b: PlateauBudget) -> int:
-    """The first checkpoint at or after the plateau start, no later than T - ``min_ladder_steps``."""
+    """Where the ladder branches: on the plateau, ``ladder_steps`` before the end when the plateau starts
+    earlier (a fixed cost), else at the first checkpoint at or after its start, no later than
+    T - ``min_ladder_steps`` (without a plateau: there)."""
     every = b.checkpoint_every_steps
     cap = (b.steps - b.min_ladder_steps) // every * every
-    start = b.steps if plateau_start is None else plateau_start
-    return max(every, min(int(math.ceil(start / every) * every), cap))
+    if plateau_start is None:
+        return max(every, cap)
+    first = int(math.ceil(plateau_start / every) * every)
+    return max(every, min(max(first, b.steps - b.ladder_steps), cap))
 
 
 def run_plateau_demo(
@@ -287,19 +295,22 @@ def run_plateau_demo(
 
 
 def _plateau(run_dir: Path, b: PlateauBudget) -> dict[str, Any]:
-    """The plateau test on the base run's train loss, and on its test loss for comparison."""
+    """The project's plateau test (as the claims' shared window): the train loss, or failing that the
+    held-out (test) loss, the one the averaging claims are about; both results are kept."""
     from trajlab.experiments.claims import common
 
     rows = common.metric_rows(run_dir, "train")
-    train = detect_plateau(
-        [r["step"] for r in rows], [r["train_loss"] for r in rows], windows=b.plateau_windows
-    )
+    steps, losses = [r["step"] for r in rows], [r["train_loss"] for r in rows]
+    train = detect_plateau(steps, losses, windows=b.plateau_windows)
     test = common.eval_series(run_dir, "test_loss")
-    steps = sorted(test)
-    held = detect_plateau(steps, [test[s] for s in steps], windows=min(b.plateau_windows, len(steps) // 2))
+    at = sorted(test)
+    held = detect_plateau(at, [test[s] for s in at], windows=min(b.plateau_windows, len(at) // 2))
+    chosen, series = (train, "train loss") if train.found or not held.found else (held, "test loss")
     return {
-        **train.to_dict(),
-        "series": "train loss (each row a mean over log_every_steps steps)",
+        **chosen.to_dict(),
+        "series": series,
+        "rule": "detect_plateau on the train loss; failing that on the test loss (claims' shared window)",
+        "train_loss_plateau": train.to_dict(),
         "test_loss_plateau": held.to_dict(),
     }
 

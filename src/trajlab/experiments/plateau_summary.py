@@ -102,7 +102,20 @@ def measure(
         for d, br in branches.items()
     ]
     doc["two_point"] = _two_point(run, b, plateau, base, branches.get(2), progress)
+    doc["hessian_top_eigenvalue"] = _top_eigenvalue(run, total)
     return doc
+
+
+def _top_eigenvalue(run: Any, step: int, batches: int = 8) -> dict[str, Any]:
+    """The training Hessian's top eigenvalue at ``step`` (Lanczos, exact HVPs) on the loss of the last
+    ``batches`` training batches: an upper bound on every curvature group of the theory."""
+    from trajlab.probes import top_eigenvalues
+
+    steps = [s for s in run.batch_steps if s <= step][-batches:]
+    top = top_eigenvalues(
+        run.load_weights(step), run.loss_fn, data=[run.batch(s) for s in steps], tol=1e-3, max_iter=60
+    )
+    return {"value": top.eigenvalues[0], "converged": top.converged[0], "batches": steps, "hvps": top.hvps}
 
 
 def _curve(series: Mapping[int, float], start: int) -> dict[str, list]:
@@ -189,6 +202,7 @@ def fit(doc: dict[str, Any]) -> dict[str, Any]:
         ema={e["decay"]: (e["test_loss"]["mean"], e["test_loss"]["se"]) for e in doc["ema"]},
         branches=doc["theory_ladder"],
         end_ages=[s - doc["branch_step"] for s in doc["f_end_times"]],
+        hessian_top_eigenvalue=(doc.get("hessian_top_eigenvalue") or {}).get("value"),
     )
     theory["gaps"] = gaps
     if not tp["gaps_in_plateau"]:
@@ -290,6 +304,14 @@ def _yes(ok: bool | None) -> str:
     return "n/a" if ok is None else "yes" if ok else "no"
 
 
+def _train_note(p: dict[str, Any]) -> str:
+    train = p.get("train_loss_plateau") or {}
+    if p["series"] == "train loss" or train.get("found", True):
+        return ""
+    means = train.get("window_means") or [math.nan]
+    return f"; the train loss still drifts (last window mean {means[-1]:.3f}), so the test loss decided"
+
+
 def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
     """The report's first table: claim, measured, predicted, agreement (strings, one row per claim)."""
     lr, p = doc["lr"], doc["plateau"]
@@ -297,9 +319,9 @@ def claims_table(doc: dict[str, Any]) -> list[dict[str, str]]:
         {
             "claim": "Weights settle into a quasi-stationary distribution at a constant lr (the plateau)",
             "measured": (
-                f"train loss plateaus from step {p['start_step']} "
+                f"{p['series']} plateaus from step {p['start_step']} "
                 f"(drift {p['drift']:.2g} ± {p['drift_se']:.2g} over {p['length_steps']} steps, "
-                f"level {p['level']:.3f}); ladder branches at step {doc['branch_step']}"
+                f"level {p['level']:.3f}){_train_note(p)}; ladder branches at step {doc['branch_step']}"
                 if p["found"]
                 else f"no plateau in {doc['steps']} steps; ladder branches at step {doc['branch_step']}"
             ),

@@ -33,7 +33,9 @@ def plateau_section(runs: Sequence[RunResults]) -> dict[str, Any] | None:
         "figures": [
             _figure(lambda: _plot_f(doc), "EMAs against the lr ladder (test loss)", [src]),
             _figure(lambda: _plot_e(doc), "two-point gain by gap, the lr/2 branch, the theory", [src]),
-            _figure(lambda: _plot_plateau(doc), "where the plateau starts (train loss)", [src]),
+            _figure(
+                lambda: _plot_plateau(doc), "where the plateau starts (the project's plateau test)", [src]
+            ),
         ],
         "ladder": _ladder_table(doc),
         "source": src,
@@ -154,16 +156,20 @@ def _plot_plateau(doc: dict[str, Any]) -> Any:
 
     p = doc["plateau"]
     fig, ax = plt.subplots(figsize=(7.5, 3.2), layout="constrained")
-    ends = np.asarray(p["window_ends"], dtype=np.float64)
-    centres = ends - _float(p["window_steps"]) / 2
-    ax.plot(centres, p["window_means"], "o-", label="train loss, window means")
+    for i, key in enumerate(("train_loss_plateau", "test_loss_plateau")):
+        w = p.get(key)
+        if not w:
+            continue
+        ends = np.asarray(w["window_ends"], dtype=np.float64)
+        verdict = f"plateau from {w['start_step']}" if w["found"] else "no plateau"
+        label = f"{key.split('_plateau')[0].replace('_', ' ')}, window means ({verdict})"
+        ax.plot(ends - _float(w["window_steps"]) / 2, w["window_means"], "o-", color=f"C{i}", label=label)
     if p["found"]:
-        ax.axvline(p["start_step"], color="C2", label=f"plateau from step {p['start_step']}")
-    ax.axvline(
-        doc["branch_step"], color="0.3", ls="--", lw=0.8, label=f"ladder branch point {doc['branch_step']}"
-    )
+        ax.axvline(p["start_step"], color="C2", label=f"plateau from step {p['start_step']} ({p['series']})")
+    branch = doc["branch_step"]
+    ax.axvline(branch, color="0.3", ls="--", lw=0.8, label=f"ladder branch point {branch}")
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
+    ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     return fig
 
