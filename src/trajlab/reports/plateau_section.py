@@ -79,11 +79,14 @@ def _ladder_table(doc: dict[str, Any]) -> Table:
     return _table(("run", "lr", "test loss (mean over end times)", "SE", "test acc"), rows)
 
 
-def _smooth(y: Sequence[float], width: int) -> np.ndarray:
+def _smooth(steps: Sequence[int], y: Sequence[float], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean over ``width`` evaluations (centred; the ends, where the window is short, dropped)."""
+    x = np.asarray(steps, dtype=np.float64)
     y = np.asarray([_float(v) for v in y], dtype=np.float64)
     if width <= 1 or y.size < width:
-        return y
-    return np.convolve(y, np.ones(width) / width, mode="same")
+        return x, y
+    lo = (width - 1) // 2
+    return x[lo : lo + y.size - width + 1], np.convolve(y, np.ones(width) / width, mode="valid")
 
 
 def _plot_f(doc: dict[str, Any]) -> Any:
@@ -93,9 +96,11 @@ def _plot_f(doc: dict[str, Any]) -> Any:
     curves = doc["curves"]
     width = 5  # running mean over 5 evaluations: the last iterate moves by +-0.02 between them
     for i, (name, c) in enumerate(sorted((k, v) for k, v in curves.items() if k.startswith("lr/"))):
-        ax.plot(c["steps"], _smooth(c["test_loss"], width), color=f"C{i + 2}", lw=1, label=f"branch {name}")
+        ax.plot(*_smooth(c["steps"], c["test_loss"], width), color=f"C{i + 2}", lw=1, label=f"branch {name}")
     c = curves["constant_lr"]
-    ax.plot(c["steps"], _smooth(c["test_loss"], width), color="0.5", lw=1, label="constant lr (last iterate)")
+    ax.plot(
+        *_smooth(c["steps"], c["test_loss"], width), color="0.5", lw=1, label="constant lr (last iterate)"
+    )
     for j, (name, c) in enumerate((k, v) for k, v in curves.items() if k.startswith("ema_")):
         ax.plot(c["steps"], c["test_loss"], color="k", ls=("-", "--", ":")[j % 3], lw=1.4, label=name)
     ax.axvline(doc["branch_step"], color="0.3", lw=0.6)
@@ -104,7 +109,9 @@ def _plot_f(doc: dict[str, Any]) -> Any:
         ax.axvspan(ends[0], ends[-1], color="0.9", zorder=0, label="end times averaged")
     ax.set_xlabel("step")
     ax.set_ylabel(f"test loss (running mean of {width} evaluations)")
-    lows = [np.nanmin(_smooth(v["test_loss"], width)) for v in curves.values() if v["test_loss"]]
+    lows = [
+        np.nanmin(_smooth(v["steps"], v["test_loss"], width)[1]) for v in curves.values() if v["test_loss"]
+    ]
     highs = [_float(r["test_loss"]["mean"]) for r in doc["ladder"][:1]]
     if lows and highs:
         ax.set_ylim(min(lows) - 0.01, max(highs) + 0.04)
