@@ -196,7 +196,7 @@ class PlateauDemoResult:
 
     def summary_text(self) -> str:
         """The table printed by ``trajlab demo``."""
-        from trajlab.experiments.plateau_summary import summary_rows
+        from trajlab.experiments.plateau_verdicts import summary_rows
 
         rows = summary_rows(self.summary)
         if self.timings_s:
@@ -242,7 +242,7 @@ def run_plateau_demo(
     Returns:
         A :class:`PlateauDemoResult` (``summary_text()`` is what the CLI prints).
     """
-    from trajlab.experiments import plateau_summary
+    from trajlab.experiments import plateau_summary, plateau_verdicts
     from trajlab.reports import html as report
 
     if budget not in PLATEAU_BUDGETS:
@@ -280,17 +280,17 @@ def run_plateau_demo(
     result.timings_s["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     doc["theory"] = plateau_summary.fit(doc)
-    doc["table"] = plateau_summary.claims_table(doc)
+    doc["table"] = plateau_verdicts.claims_table(doc)
     result.timings_s["theory"] = time.perf_counter() - t0
     doc["provenance"] = provenance(seed=cfg.train.seed, device="cpu")
     doc["runs"] = {"base": str(run_dir), **{f"lr/{d}": str(p) for d, p in ladder_dirs.items()}}
     doc["budget"] = budget
-    write_json_atomic(run_dir / report.ANALYSIS_DIR / PLATEAU_RESULT, plateau_summary.finite(doc))
+    write_json_atomic(run_dir / report.ANALYSIS_DIR / PLATEAU_RESULT, plateau_verdicts.finite(doc))
     t0 = time.perf_counter()
     result.report = report.build_report([run_dir], out / "report.html", title="trajlab demo: the plateau")
     result.timings_s["report"] = time.perf_counter() - t0
-    result.summary = plateau_summary.summary_json(doc, wall_seconds=time.perf_counter() - wall0)
-    write_json_atomic(out / "summary.json", plateau_summary.finite(result.summary))
+    result.summary = plateau_verdicts.summary_json(doc, wall_seconds=time.perf_counter() - wall0)
+    write_json_atomic(out / "summary.json", plateau_verdicts.finite(result.summary))
     return result
 
 
