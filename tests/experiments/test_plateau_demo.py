@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -66,9 +68,18 @@ def test_snapshots_cover_every_gap_at_every_end_time() -> None:
                     assert (t - k) % every == 0 or t - k in at, (t, k)
 
 
-def test_tiny_plateau_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["demo", "--budget", "tiny", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``trajlab demo --budget tiny`` once per module: (output directory, what it printed)."""
+    out_dir = tmp_path_factory.mktemp("plateau-demo")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(["demo", "--budget", "tiny", "--out", str(out_dir)]) == 0
+    return out_dir, buf.getvalue()
+
+
+def test_tiny_plateau_demo_end_to_end(tiny_demo: tuple[Path, str]) -> None:
+    tmp_path, out = tiny_demo
     assert "plateau" in out and "EMA 0.9" in out and "two-point gain" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) >= {"plateau", "ema", "two_point", "wall_seconds"}
@@ -87,3 +98,15 @@ def test_tiny_plateau_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     html = (tmp_path / "report.html").read_text()
     assert "The paper&#39;s claims on this run" in html and "paper&#39;s claim" in html
     assert html.index('id="plateau"') < html.index('id="overview"')
+
+
+def test_the_plateau_section_escapes_what_it_reads(tiny_demo: tuple[Path, str], tmp_path: Path) -> None:
+    from trajlab.reports import html as report
+
+    run_dir = next((tiny_demo[0] / "runs").glob("base-*"))
+    path = run_dir / report.ANALYSIS_DIR / "plateau.json"
+    doc = json.loads(path.read_text())
+    doc["table"][0]["claim"] = "<script>alert('x')</script>"
+    path.write_text(json.dumps(doc))
+    html = report.build_report([run_dir], tmp_path / "r.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
