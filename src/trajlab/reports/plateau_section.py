@@ -95,7 +95,8 @@ def _plot_f(doc: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     curves = doc["curves"]
     width = 5  # running mean over 5 evaluations: the last iterate moves by +-0.02 between them
-    for i, (name, c) in enumerate(sorted((k, v) for k, v in curves.items() if k.startswith("lr/"))):
+    rungs = sorted((k for k in curves if k.startswith("lr/")), key=lambda k: _float(k[3:]))
+    for i, (name, c) in enumerate((k, curves[k]) for k in rungs):
         ax.plot(*_smooth(c["steps"], c["test_loss"], width), color=f"C{i + 2}", lw=1, label=f"branch {name}")
     c = curves["constant_lr"]
     ax.plot(
