@@ -60,11 +60,18 @@ def _how(doc: dict[str, Any]) -> str:
 
 
 def _ladder_table(doc: dict[str, Any]) -> Table:
+    pred = doc.get("theory", {}).get("ema_prediction", {})
+    fitted = dict(zip(pred.get("ladder_lrs") or [], pred.get("ladder_loss") or []))
     rows = []
     for r in doc.get("ladder", []):
         loss, acc = r["test_loss"], r["test_acc"]
         name = "constant lr (the run)" if _float(r.get("divisor")) == 1 else f"lr/{_float(r['divisor']):.3g}"
-        rows.append((name, _float(r["lr"]), _float(loss["mean"]), _float(loss["se"]), _float(acc["mean"])))
+        theory = _float(
+            next((v for k, v in fitted.items() if math.isclose(_float(k), _float(r["lr"]))), None)
+        )
+        rows.append(
+            (name, _float(r["lr"]), _float(loss["mean"]), _float(loss["se"]), theory, _float(acc["mean"]))
+        )
     for e in doc.get("ema", []):
         loss, acc = e["test_loss"], e["test_acc"]
         rows.append(
@@ -73,10 +80,27 @@ def _ladder_table(doc: dict[str, Any]) -> Table:
                 math.nan,
                 _float(loss["mean"]),
                 _float(loss["se"]),
+                _float(_at(pred.get("ema_loss"), e["decay"], doc)),
                 _float(acc["mean"]),
             )
         )
-    return _table(("run", "lr", "test loss (mean over end times)", "SE", "test acc"), rows)
+    headers = (
+        "run",
+        "lr",
+        "test loss (mean over end times)",
+        "SE",
+        "theory (fit without the EMAs)",
+        "test acc",
+    )
+    return _table(headers, rows)
+
+
+def _at(values: Any, decay: float, doc: dict[str, Any]) -> Any:
+    decays = [e["decay"] for e in doc.get("ema", [])]
+    try:
+        return values[decays.index(decay)]
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _smooth(steps: Sequence[int], y: Sequence[float], width: int) -> tuple[np.ndarray, np.ndarray]:
