@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,8 +327,3 @@ def _demo_budget(b: PlateauBudget) -> DemoBudget:
         heldout_batches=b.heldout_batches,
         bn_batches=1,
     )
-
-
-def budget_names() -> Sequence[str]:
-    """The plateau demo's budgets."""
-    return tuple(PLATEAU_BUDGETS)

@@ -1,9 +1,9 @@
-"""The plateau demo's measurements on its runs, the theory's predictions, the claims table and summary.json.
+"""The plateau demo's measurements on its runs and the theory's predictions.
 
 :func:`measure` reads the base run (evaluation rows, snapshots) and the ladder branches (evaluation rows)
-into one JSON-ready document; :func:`fit` adds the theory (``plateau_measure.theory_beside_measurement``);
-:func:`claims_table` puts the paper's claims, what was measured, what the theory predicted and whether
-they agree in one table; :func:`summary_json` is ``OUT/summary.json`` (the schema of issue 15).
+into one JSON-ready document; :func:`fit` adds the theory (``plateau_measure.theory_beside_measurement``).
+:mod:`~trajlab.experiments.plateau_verdicts` turns the document into the claims table, ``summary.json``
+and the printout.
 
 Conventions: gains are decreases of the test loss (positive = better); every reading of a loss or an
 accuracy is averaged over end times (``f_end_times`` for the ladder and the EMAs, ``two_point.end_times``
@@ -25,7 +25,7 @@ from trajlab.experiments.plateau_measure import (
     theory_beside_measurement,
 )
 
-# Curves kept for the F plot start this many steps before the branch point.
+# Curves kept for the F plot start this fraction of the ladder's length before the branch point.
 _CURVE_LEAD_STEPS_FRACTION = 0.25
 
 
