@@ -120,8 +120,10 @@ def _plot_f(doc: dict[str, Any]) -> Any:
     curves = doc["curves"]
     width = 5  # running mean over 5 evaluations: the last iterate moves by +-0.02 between them
     rungs = sorted((k for k in curves if k.startswith("lr/")), key=lambda k: _float(k[3:]))
+    cmap = plt.get_cmap("viridis")
     for i, (name, c) in enumerate((k, curves[k]) for k in rungs):
-        ax.plot(*_smooth(c["steps"], c["test_loss"], width), color=f"C{i + 2}", lw=1, label=f"branch {name}")
+        color = cmap(0.9 * i / max(len(rungs) - 1, 1))
+        ax.plot(*_smooth(c["steps"], c["test_loss"], width), color=color, lw=1, label=f"branch {name}")
     c = curves["constant_lr"]
     ax.plot(
         *_smooth(c["steps"], c["test_loss"], width), color="0.5", lw=1, label="constant lr (last iterate)"
@@ -139,8 +141,8 @@ def _plot_f(doc: dict[str, Any]) -> Any:
     ]
     highs = [_float(r["test_loss"]["mean"]) for r in doc["ladder"][:1]]
     if lows and highs:
-        ax.set_ylim(min(lows) - 0.01, max(highs) + 0.04)
-    ax.legend(fontsize=7, ncol=2)
+        ax.set_ylim(min(lows) - 0.01, max(highs) + 0.06)
+    ax.legend(fontsize=7, ncol=3, loc="upper right")
     return fig
 
 
