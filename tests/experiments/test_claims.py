@@ -280,9 +280,14 @@ def test_e_verdict():
     assert e_verdict(far, in_plateau=True)["verdict"] == N  # two-point far from the lr/2 run
 
 
-def _f_seed(to_pred, to_const):
+def _f_seed(to_pred, to_const, ema=0.30, runs=(0.30, 0.32, 0.28)):
     track = {"to_predicted": to_pred, "to_constant_lr": to_const}
-    return {f"{a}_track_{m}": track for a in ("ema", "swa") for m in ("acc", "loss")}
+    out = {f"{a}_track_{m}": track for a in ("ema", "swa") for m in ("acc", "loss")}
+    steps = (100, 200)
+    out["ema_loss"] = dict.fromkeys(steps, ema)
+    for key, value in zip(("reduced_loss", "reduced_2x_loss", "reduced_half_loss"), runs):
+        out[key] = dict.fromkeys(steps, value)
+    return out
 
 
 def test_f_verdict():
@@ -290,6 +295,15 @@ def test_f_verdict():
     assert f_verdict({s: _f_seed(0.09, 0.1) for s in range(3)}, in_plateau=True)["verdict"] == N
     assert f_verdict({s: _f_seed(0.01, 0.1) for s in range(3)}, in_plateau=False)["verdict"] == I
     assert f_verdict({s: _f_seed(0.09, 0.1) for s in range(3)}, in_plateau=False)["verdict"] == I
+
+
+def test_f_verdict_needs_the_ema_nearer_the_predicted_run_than_2x_and_half():
+    # tracks the predicted run closely, but a run at half the predicted lr matches it even better
+    nearer_half = {s: _f_seed(0.01, 0.1, ema=0.285) for s in range(3)}
+    v = f_verdict(nearer_half, in_plateau=True)
+    assert v["verdict"] == N and v["ema_bracket"]["nearest"] == "half"
+    missing = {s: {k: v for k, v in _f_seed(0.01, 0.1).items() if k != "reduced_2x_loss"} for s in range(3)}
+    assert f_verdict(missing, in_plateau=True)["verdict"] == I  # the 2x run is missing: undecided
 
 
 def _g_seed(cos_at):

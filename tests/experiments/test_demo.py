@@ -39,7 +39,7 @@ def test_tiny_demo_trains_analyses_and_reports(demo_out: Path) -> None:
 def test_demo_command_reuses_the_completed_run(demo_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = next(demo_out.glob("run-*"))
     mtime = (run / "analysis" / report.THEORY).stat().st_mtime
-    assert cli.main(["demo", "--budget", "tiny", "--out", str(demo_out)]) == 0
+    assert cli.main(["demo", "--budget", "resnet-tiny", "--out", str(demo_out)]) == 0
     out = capsys.readouterr().out
     assert "reused" in out and str((demo_out / "report.html").resolve()) in out
     assert (run / "analysis" / report.THEORY).stat().st_mtime == mtime  # analysis reused too

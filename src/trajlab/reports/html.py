@@ -12,6 +12,8 @@ exist, and says what is missing otherwise)::
     RUN/analysis/provenance.json     {stage: provenance} of each analysis stage (code version, device, time)
     RUN/analysis/theory.json         {"fit", "two_point", "ema"}: the fitted noisy quadratic model's
                                      predictions next to the measurements
+    RUN/analysis/plateau.json        the plateau demo (``trajlab demo``): claims table, lr ladder, EMAs,
+                                     two-point gains and the theory's predictions; shown first
     RUN/probes/probe.json            ``trajlab probe RUN``'s result, used for the probe sections when the
                                      analysis has no line probes / loss matrix
 
@@ -42,6 +44,7 @@ from typing import Any
 from trajlab import files
 from trajlab.reports.averaging_sections import _averaging, _theory
 from trajlab.reports.claims_section import claims_section, is_claim
+from trajlab.reports.plateau_section import plateau_section
 from trajlab.reports.run_results import (
     ANALYSIS_DIR,
     ANALYSIS_PROVENANCE,
@@ -129,12 +132,13 @@ def build_report(
 
 def _run_sections(runs: Sequence[RunResults], extras: Sequence[tuple[Path, Any]]) -> dict[str, Any]:
     """The data of the sections about runs, by the name the page template gives them."""
-    names = ("overview", "training", "probes", "memory", "averaging", "theory")
+    names = ("plateau", "overview", "training", "probes", "memory", "averaging", "theory")
     if not runs:
         # Without run directories (e.g. only claim results) these sections would only say "not
         # available": the page leaves them out (the template skips them when ``overview`` is None).
         return dict.fromkeys(names)
     return {
+        "plateau": plateau_section(runs),
         "overview": _overview(runs, extras),
         "training": _training(runs),
         "probes": _line_probes(runs),

@@ -25,6 +25,7 @@ LOSS_MATRIX = "loss_matrix.json"
 BATCH_MEMORY = "batch_memory.json"
 POST_HOC = "post_hoc.json"
 THEORY = "theory.json"
+PLATEAU = "plateau.json"  # the plateau demo: claims table, ladder, EMAs, two-point gains, theory
 ANALYSIS_PROVENANCE = "provenance.json"  # {stage: provenance} of each analysis stage
 PROBE_COMMAND_RESULT = "probes/probe.json"  # ``trajlab probe RUN`` (used when the analysis has no probes)
 # Config keys that do not change what a run computes: runs differing only in these (and the seed) are
@@ -47,6 +48,7 @@ class RunResults:
     batch_memory: dict[str, Any] | None = None
     post_hoc: dict[str, Any] | None = None
     theory: dict[str, Any] | None = None
+    plateau: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     analysis_provenance: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)  # which file each probe result came from
@@ -126,6 +128,7 @@ def load_run(path: str | os.PathLike, label: str, *, verify: bool = True) -> Run
     r.batch_memory = _read_json(a / BATCH_MEMORY, p)
     r.post_hoc = _read_json(a / POST_HOC, p)
     r.theory = _read_json(a / THEORY, p)
+    r.plateau = _read_json(a / PLATEAU, p) if (a / PLATEAU).is_file() else None
     r.analysis_provenance = _read_json(a / ANALYSIS_PROVENANCE, p)
     r.files = {
         "probes": f"{ANALYSIS_DIR}/{LINE_PROBES}",

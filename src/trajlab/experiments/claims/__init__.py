@@ -16,7 +16,7 @@ from typing import Any
 
 from trajlab.config import HostSettings
 from trajlab.experiments.claims.alignment import run_claim_G
-from trajlab.experiments.claims.averaging import run_claim_E, run_claim_F
+from trajlab.experiments.claims.averaging import F_BRACKET, run_claim_E, run_claim_F
 from trajlab.experiments.claims.base_runs import prepare_base_runs
 from trajlab.experiments.claims.budgets import BUDGET_NAMES, BUDGETS, Budget, get_budget
 from trajlab.experiments.claims.lines import curvature_estimate, run_claim_A, run_claim_B
@@ -51,7 +51,8 @@ def prepare_runs(
     """Train the runs that ``claims`` need, ``jobs`` at a time: the base runs, claim A's probes (for h,
     when a reduced-lr run or the curvature is needed), then the branches at once (so independent runs
     share the workers). Which branches each claim reads: C lr/2, reduced lr (and the extension when the
-    budget has one); D the reorder run; E lr/2; F reduced lr and cooldown; G lr/2 and reduced lr."""
+    budget has one); D the reorder run; E lr/2; F reduced lr (and 2x, 1/2x of it) and cooldown; G lr/2
+    and reduced lr."""
     from trajlab.experiments.claims.budgets import (
         cooldown_spec,
         extension_spec,
@@ -93,6 +94,12 @@ def prepare_runs(
     rest = [reduced_spec(b, s, t, pred["reduced_lr"]) for s in seeds] if wanted & {"C", "F", "G"} else []
     if "F" in wanted:
         rest += [cooldown_spec(b, s, t, pred["cooldown_time_scale_steps"]) for s in seeds]
+        # claim F's bracket: runs at 2x and 1/2x the predicted lr (averaging.F_BRACKET)
+        rest += [
+            reduced_spec(b, s, t, pred["reduced_lr"] * f, label=f"reduced_{name}")
+            for s in seeds
+            for name, f in F_BRACKET.items()
+        ]
     ensure_runs(out_dir, rest, jobs=jobs, reuse=reuse, progress=progress, host=host)
 
 

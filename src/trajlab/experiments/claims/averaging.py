@@ -30,6 +30,7 @@ from trajlab.experiments.claims.budgets import (
 from trajlab.experiments.claims.cache import ensure_runs
 from trajlab.experiments.claims.lines import curvature_estimate
 from trajlab.experiments.claims.predictions import predicted_lrs
+from trajlab.experiments.plateau_measure import bracket_check
 from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ E_EQUAL_ACC = 0.003
 # F: "tracks" = the mean |difference| to the predicted run is at most this fraction of the mean
 # |difference| to the constant-lr run (the curve the average departs from).
 F_TRACK_FRACTION = 0.5
+# F, sharply: the EMA must also sit nearer the run at the predicted lr than runs at these multiples of it
+# (a run at lr/10 might otherwise match just as well as one at the predicted lr/175).
+F_BRACKET = {"2x": 2.0, "half": 0.5}
 
 
 def _spacing(stored: Sequence[int]) -> int:
@@ -239,11 +243,18 @@ def _f_seed(
         res[f"ema_{metric}"] = {s: ema[s] for s in eval_steps}
         res[f"base_recal_{metric}"] = {s: live[s] for s in eval_steps}
     red_eval = {s: run.evaluate(red.load(s)).to_dict() for s in eval_steps}
+    bracket = {}
+    for name, f in F_BRACKET.items():
+        spec = reduced_spec(b, seed, window.branch_step, pred["reduced_lr"] * f, label=f"reduced_{name}")
+        other = RecordedRun(spec.run_dir(out_dir), host=host)
+        bracket[name] = {s: run.evaluate(other.load(s)).to_dict() for s in eval_steps}
     cool_eval = {s: run.evaluate(cool.load(s)).to_dict() for s in swa_steps}
     swa_eval = {s: run.evaluate(swa[(swa_rule.name, s)]).to_dict() for s in swa_steps}
     base_eval = {s: run.evaluate(s).to_dict() for s in swa_steps}
     for metric in ("acc", "loss"):
         res[f"reduced_{metric}"] = {s: red_eval[s][metric] for s in eval_steps}
+        for name, ev in bracket.items():
+            res[f"reduced_{name}_{metric}"] = {s: ev[s][metric] for s in eval_steps}
         res[f"swa_{metric}"] = {s: swa_eval[s][metric] for s in swa_steps}
         res[f"cooldown_{metric}"] = {s: cool_eval[s][metric] for s in swa_steps}
         res[f"base_at_swa_{metric}"] = {s: base_eval[s][metric] for s in swa_steps}
@@ -254,6 +265,19 @@ def _f_seed(
             res[f"swa_{metric}"], res[f"cooldown_{metric}"], res[f"base_at_swa_{metric}"]
         )
     return res
+
+
+def f_bracket(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The sharp F check on the test loss over the second half of the window, seeds pooled: the EMA's mean
+    reading sits nearer the predicted-lr run's than those of the runs at 2x and 1/2x the predicted lr
+    (:func:`~trajlab.experiments.plateau_measure.bracket_check`); ``passed`` None when a run is missing."""
+
+    def pooled(key: str) -> float:
+        vals = [v for r in per_seed.values() for v in (r.get(key) or {}).values()]
+        return float(np.mean(vals)) if vals else math.nan
+
+    runs = {"predicted": pooled("reduced_loss"), **{n: pooled(f"reduced_{n}_loss") for n in F_BRACKET}}
+    return bracket_check(pooled("ema_loss"), runs) | {"readings": runs, "ema": pooled("ema_loss")}
 
 
 def f_verdict(per_seed: dict[int, dict[str, Any]], in_plateau: bool) -> dict[str, Any]:
@@ -272,6 +296,10 @@ def f_verdict(per_seed: dict[int, dict[str, Any]], in_plateau: bool) -> dict[str
         checks[f"{label}: |diff| to it <= {F_TRACK_FRACTION} x |diff| to constant lr (test loss)"] = (
             d["to_predicted"]["mean"] <= F_TRACK_FRACTION * d["to_constant_lr"]["mean"]
         )
+    out["ema_bracket"] = f_bracket(per_seed)
+    checks["EMA nearer the predicted-lr run than runs at 2x and 1/2x of it (test loss)"] = out["ema_bracket"][
+        "passed"
+    ]
     v = common.verdict(
         checks,
         "inside a plateau, then all of: " + "; ".join(checks),
@@ -304,6 +332,11 @@ def run_claim_F(
     pred = predicted_lrs(b, curv["h"])
     specs = [reduced_spec(b, s, window.branch_step, pred["reduced_lr"]) for s in seeds] + [
         cooldown_spec(b, s, window.branch_step, pred["cooldown_time_scale_steps"]) for s in seeds
+    ]
+    specs += [
+        reduced_spec(b, s, window.branch_step, pred["reduced_lr"] * f, label=f"reduced_{name}")
+        for s in seeds
+        for name, f in F_BRACKET.items()
     ]
     ensure_runs(out_dir, specs, jobs=jobs, reuse=reuse, progress=progress, host=host)
     per_seed = {s: _f_seed(out_dir, b, s, window, pred, host) for s in seeds}

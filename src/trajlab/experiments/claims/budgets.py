@@ -184,9 +184,10 @@ def lr_half_spec(budget: Budget, seed: int, step: int) -> RunSpec:
     return branch_spec(budget, seed, step, "lr_half", (f"optim.lr={lr / 2:.6g}",))
 
 
-def reduced_spec(budget: Budget, seed: int, step: int, lr: float) -> RunSpec:
-    """The base run continued at the constant ``lr`` predicted for the EMA from ``step`` (claims C, F, G)."""
-    return branch_spec(budget, seed, step, "reduced", (f"optim.lr={lr:.3g}",))
+def reduced_spec(budget: Budget, seed: int, step: int, lr: float, *, label: str = "reduced") -> RunSpec:
+    """The base run continued at the constant ``lr`` predicted for the EMA from ``step`` (claims C, F, G);
+    ``label`` names the runs at 2x and 1/2x of it (claim F's bracket)."""
+    return branch_spec(budget, seed, step, label, (f"optim.lr={lr:.3g}",))
 
 
 def cooldown_spec(budget: Budget, seed: int, step: int, time_scale_steps: float) -> RunSpec:
