@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+demo:
+	@EXTRAS=none bash scripts/setup.sh
 	$(BIN)/trajlab demo --out runs/demo
 
 test: setup

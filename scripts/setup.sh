@@ -6,16 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-STAMP=$VENV/.trajlab-installed
+# `make test` installs the dev extra (pytest, ruff and the real Lightning / Hugging Face / TensorBoard
+# packages the integration tests use); `make demo` needs only trajlab itself: EXTRAS=none.
+EXTRAS=${EXTRAS:-dev}
+STAMP=$VENV/.trajlab-installed-$EXTRAS
+SPEC=".[$EXTRAS]"
+[ "$EXTRAS" = none ] && SPEC="."
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  echo "[setup] installing torch==2.13.0 (CPU) and trajlab[dev]"
+  echo "[setup] installing torch==2.13.0 (CPU) and trajlab ($SPEC)"
   "$VENV/bin/pip" install -q --disable-pip-version-check "torch==2.13.0"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "torch==2.13.0" -e "$SPEC"
   touch "$STAMP"
 else
   echo "[setup] $VENV is up to date"
