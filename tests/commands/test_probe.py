@@ -69,9 +69,39 @@ def test_line_matrix_alignment_written(run_dir, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+def test_spectrum_beside_the_line_probe(run_dir, tmp_path, capsys):
+    """--spectrum: eigenvalues with residuals, the trace with its standard error, the HVP count and the
+    paper's comparisons; lr* along the gradient is never below 1/lambda_max (exact curvature)."""
+    from trajlab.probes import top_eigenvalues
+    from trajlab.runs import RecordedRun
+
+    out = tmp_path / "spec"
+    argv = ["probe", str(run_dir), "--line", "--spectrum", "--steps", "8", "--out", str(out), "-q"]
+    assert main([*argv, "--bn", "batch", "--batches", "1", "--points", "8", "--top-k", "2"]) == 0
+    stdout = capsys.readouterr().out
+    assert "top eigenvalues" in stdout and "HVPs" in stdout
+    doc = json.loads((out / "probe.json").read_text())
+    (r,) = doc["spectrum"]
+    assert r["step"] == 8 and r["batch_step"] == 9 and len(r["eigenvalues"]) == 2
+    assert r["eigenvalues"][0] >= r["eigenvalues"][1] and r["lambda_max"] == r["eigenvalues"][0]
+    for lam, res, ok in zip(r["eigenvalues"], r["residuals"], r["converged"]):
+        assert not ok or res <= r["eig_tol"] * abs(lam)
+    assert math.isfinite(r["trace"]) and r["trace_std_error"] > 0 and r["trace_samples"] >= 10
+    assert r["lr_lambda_max_over_limit"] == pytest.approx(0.05 * r["lambda_max"] / (2 * 1.9))
+    # The update direction's Rayleigh quotient never exceeds the top eigenvalue (exact curvature).
+    assert 0 < r["curvature_along_direction_over_lambda_max"] <= 1 + 1e-3
+    assert r["lr_star_times_lambda_max"] == pytest.approx(r["lr_star"] * r["lambda_max"])
+    # The same number through the library on the same batch, model and seed.
+    run = RecordedRun(run_dir)
+    ref = top_eigenvalues(run.load_weights(8), run.loss_fn, run.batch(9), k=2, tol=1e-3, bn="batch")
+    assert r["eigenvalues"] == pytest.approx(list(ref.eigenvalues), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--spectrum", "--top-k", "0"], "--top-k"),
+        (["--spectrum", "--eig-tol", "2"], "--eig-tol"),
         (["--steps", "5"], "no snapshot of that step"),
         (["--steps", "12"], "no B_13"),
         (["--steps", "0", "--batch", "used"], "no B_0"),

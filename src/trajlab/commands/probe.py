@@ -64,6 +64,23 @@ def register(sub: Any) -> None:
     p.add_argument("--matrix", action="store_true", help="also the loss matrix and batch memory curves")
     p.add_argument("--alignment", action="store_true", help="also gradient alignment and noise scales")
     p.add_argument(
+        "--spectrum",
+        action="store_true",
+        help="also the Hessian spectrum of the probed batch: top eigenvalues (Lanczos, with residuals) and "
+        "the trace (Hutchinson, with its standard error), beside lr* and the stability limit",
+    )
+    p.add_argument("--top-k", type=int, default=3, help="--spectrum: eigenvalues wanted (default 3)")
+    p.add_argument(
+        "--eig-tol", type=float, default=1e-3, help="--spectrum: relative residual tolerance (default 1e-3)"
+    )
+    p.add_argument(
+        "--trace-samples",
+        type=int,
+        default=100,
+        help="--spectrum: at most this many Hutchinson vectors, stopping at 1%% standard error (default 100)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="--spectrum: seed of the random vectors (default 0)")
+    p.add_argument(
         "--steps",
         type=_int_list,
         help="comma-separated checkpoint steps (default: all stored, evenly capped to --max-steps)",
@@ -150,8 +167,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     plan = _prepare(args)
     from tqdm import tqdm
 
-    units = len(plan.modes) * (len(plan.steps) * (int(plan.line) + int(args.alignment)) + int(args.matrix))
-    result: dict[str, Any] = {"line": [], "matrix": {}, "alignment": []}
+    per_step = int(plan.line) + int(args.alignment) + int(args.spectrum)
+    units = len(plan.modes) * (len(plan.steps) * per_step + int(args.matrix))
+    result: dict[str, Any] = {"line": [], "matrix": {}, "alignment": [], "spectrum": []}
     with tqdm(total=units, desc="probe", disable=args.quiet, unit="probe") as bar:
         if plan.line:
             result["line"] = _line_profiles(plan, args, bar)
@@ -159,6 +177,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
             result["matrix"] = _matrices(plan, args, bar)
         if args.alignment:
             result["alignment"] = _alignments(plan, args, bar)
+        if args.spectrum:
+            result["spectrum"] = _spectra(plan, args, result["line"], bar)
     from trajlab import files
 
     doc = _document(args, plan, result)
@@ -184,8 +204,12 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
             ("--matrix-steps", args.matrix_steps, 1),
             ("--alignment-batches", args.alignment_batches, 2),
             ("--hessian-batches", args.hessian_batches, 1),
+            ("--top-k", args.top_k, 1),
+            ("--trace-samples", args.trace_samples, 10),
         ]
     )
+    if not (0.0 < args.eig_tol < 1.0):
+        raise UsageError(f"--eig-tol {args.eig_tol}: give a relative tolerance in (0, 1), e.g. 1e-3")
     if args.matrix and args.batches < 1:
         raise UsageError("--matrix compares used batches with held-out ones: give --batches N >= 1")
     out = Path(args.out) if args.out else Path(args.run_dir) / "probes"
@@ -202,7 +226,7 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
         steps=steps,
         batch_of=batch_of,
         modes=["batch", "running"] if args.bn == "both" else [args.bn],
-        line=args.line or not (args.matrix or args.alignment),
+        line=args.line or not (args.matrix or args.alignment or args.spectrum),
         heldout=_heldout_batches(run, args.batches),
         weight_decay=_weight_decay(args, run),
         out=out,
@@ -361,6 +385,81 @@ def _alignments(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dic
 # ------------------------------------------------------------------------------------------ output
 
 
+def _spectra(
+    plan: ProbePlan, args: argparse.Namespace, lines: list[dict[str, Any]], bar: Any
+) -> list[dict[str, Any]]:
+    """Top eigenvalues and trace of the probed batch's Hessian per (checkpoint, BN mode), set beside the
+    line probe of the same batch when there is one (lr* along the gradient vs the stability limit)."""
+    from trajlab.probes import hessian_trace, top_eigenvalues
+
+    run = plan.run
+    line_of = {(r["step"], r["bn"]): r for r in lines}
+    records = []
+    for step in plan.steps:
+        model = run.load_weights(step)
+        batch_step = plan.batch_of[step]
+        batch = run.batch(batch_step)
+        lr, mu = run.lr_at(batch_step), run.momentum
+        for bn in plan.modes:
+            eig = top_eigenvalues(
+                model, run.loss_fn, batch, k=args.top_k, tol=args.eig_tol, max_iter=max(100, 4 * args.top_k),
+                bn=bn, seed=args.seed,
+            )  # fmt: skip
+            tr = hessian_trace(
+                model, run.loss_fn, batch, max_samples=args.trace_samples, bn=bn, seed=args.seed
+            )
+            records.append(_spectrum_record(step, batch_step, lr, mu, bn, eig, tr, line_of.get((step, bn))))
+            bar.update(1)
+    return records
+
+
+def _spectrum_record(
+    step: int, batch_step: int, lr: float, mu: float, bn: str, eig: Any, tr: Any, line: dict | None
+) -> dict[str, Any]:
+    """JSON-ready; the paper's comparisons in closed form:
+
+    * heavy ball with momentum mu is stable on a quadratic of curvature lambda iff lr * lambda < 2(1 + mu),
+      so ``lr_lambda_max_over_limit`` = lr lambda_max / (2 (1 + mu)) >= 1 means the run sits at or past
+      the edge of stability of its own batch;
+    * the line probe's direction d has Rayleigh quotient d^T H d / |d|^2 <= lambda_max, so
+      ``curvature_along_direction_over_lambda_max`` (<= 1) says how much flatter the update direction is
+      than the top eigendirection; ``lr_star_times_lambda_max`` sets the fitted best step beside the
+      quadratic stability limit 2 / lambda_max of plain gradient descent (< 2: inside it).
+    """
+    lam = eig.eigenvalues[0]
+    record: dict[str, Any] = {
+        "step": step,
+        "batch_step": batch_step,
+        "bn": bn,
+        "lr": lr,
+        "momentum": mu,
+        "eigenvalues": list(eig.eigenvalues),
+        "residuals": list(eig.residuals),
+        "converged": list(eig.converged),
+        "eig_hvps": eig.hvps,
+        "eig_tol": eig.tol,
+        "trace": tr.trace,
+        "trace_std_error": tr.std_error,
+        "trace_samples": tr.samples,
+        "trace_converged": tr.converged,
+        "trace_hvps": tr.hvps,
+        "seed": eig.seed,
+        "n_params": eig.n_params,
+        "lambda_max": lam,
+        "two_over_lambda_max": 2.0 / lam if lam > 0 else math.nan,
+        "lr_lambda_max_over_limit": lr * lam / (2.0 * (1.0 + mu)) if lam > 0 else math.nan,
+        "wall_time_s": eig.wall_time_s + tr.wall_time_s,
+        "cost": (eig.cost + tr.cost).to_dict(),
+    }
+    if line is not None:
+        lr_star, h = line.get("lr_star", math.nan), line.get("curvature_hvp", math.nan)
+        record["lr_star"] = lr_star
+        record["lr_star_times_lambda_max"] = lr_star * lam if lam > 0 else math.nan
+        record["curvature_along_direction"] = h
+        record["curvature_along_direction_over_lambda_max"] = h / lam if lam > 0 else math.nan
+    return record
+
+
 def distribution(values: list[float]) -> dict[str, float]:
     """n, mean, std, min, quartiles and max of the finite ``values`` (nan fields when there are none)."""
     import numpy as np
@@ -395,7 +494,7 @@ def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any])
     from trajlab.provenance import provenance
 
     run = plan.run
-    costs = [CostLedger(**r["cost"]) for r in result["line"] + result["alignment"]]
+    costs = [CostLedger(**r["cost"]) for r in result["line"] + result["alignment"] + result["spectrum"]]
     costs += [CostLedger(**m["matrix"]["cost"]) for m in result["matrix"].values()]
     return {
         "kind": "trajlab.probe",
@@ -413,6 +512,7 @@ def _document(args: argparse.Namespace, plan: ProbePlan, result: dict[str, Any])
         "line": result["line"],
         "matrix": result["matrix"],
         "alignment": result["alignment"],
+        "spectrum": result["spectrum"],
         "cost_total": sum(costs, CostLedger()).to_dict(),
         "run_config": run.description(),
         "verified": run.verify,
@@ -475,6 +575,19 @@ def _summary_lines(doc: dict[str, Any]) -> list[str]:
         after = [a for k, a in zip(mem["steps_since"], mem["advantage"]) if k >= 0]
         if after:
             lines.append(f"bn={bn}: used-batch advantage over held-out right after use {after[0]:.4f}")
+    for r in doc.get("spectrum", []):
+        eigs = ", ".join(f"{v:.4g} (res {e:.1e})" for v, e in zip(r["eigenvalues"], r["residuals"]))
+        line = (
+            f"step {r['step']} bn={r['bn']}: top eigenvalues {eigs}; trace {r['trace']:.4g} "
+            f"± {r['trace_std_error']:.2g} ({r['eig_hvps'] + r['trace_hvps']} HVPs); "
+            f"lr·λmax/(2(1+mu)) {r['lr_lambda_max_over_limit']:.3g}"
+        )
+        if "lr_star_times_lambda_max" in r:
+            line += (
+                f", lr*·λmax {r['lr_star_times_lambda_max']:.3g} (2 = the stability limit), curvature "
+                f"along the update / λmax {r['curvature_along_direction_over_lambda_max']:.3g}"
+            )
+        lines.append(line)
     for r in doc["alignment"]:
         cos = sum(r["cosine"]) / len(r["cosine"])
         lines.append(
