@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from trajlab.averaging.post_hoc import post_hoc_many
 from trajlab.averaging.rules import EMA, SWA
 from trajlab.config import resolve_config
+from trajlab.provenance import provenance
 from trajlab.runs import run_training
 from trajlab.trajectory import TrajectoryStore
 
@@ -66,14 +66,6 @@ def _time_once(run_dir: Path, verify: bool) -> float:
     return time.perf_counter() - t0
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -99,13 +91,8 @@ def main() -> None:
             times["no_verify"].append(t[False])
             ratios.append(t[True] / t[False])
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": args.threads,
-        },
-        "torch": torch.__version__,
-        "git_sha": _git_sha(),
+        "provenance": provenance(seed=0, device="cpu", command=sys.argv),
+        "threads": args.threads,
         "setup": f"resnet20 width {args.width}, {len(steps)} float32 snapshots "
         f"({snapshot_bytes / 1e6:.1f} MB), post_hoc_many(EMA 0.9 + SWA) at the last step, page cache warm",
         "rounds": args.rounds,

@@ -78,13 +78,18 @@ class Recording(RecordingCore):
     def _reached(self, max_steps: int | None) -> bool:
         return max_steps is not None and self.step >= max_steps
 
-    def _one_pass(self, loader: Any, max_steps: int | None) -> Iterator[Any]:
+    def _logged_iterator(self, loader: Any) -> Iterator[Any]:
+        """An iterator over one pass of ``loader`` through a logging batch sampler; a resumed run's first
+        pass skips the batches already trained on (then restores the RNG)."""
         skip, on_position = self._resume_position()
         sampler = self.logged_batch_sampler(loader.batch_sampler, skip)
         sampler.on_position = on_position
         if skip == 0:
             self.epoch_rng = _rng_state(loader)
-        iterator = iter(logged_loader(loader, sampler))
+        return iter(logged_loader(loader, sampler))
+
+    def _one_pass(self, loader: Any, max_steps: int | None) -> Iterator[Any]:
+        iterator = self._logged_iterator(loader)
         try:
             while True:
                 self.flush()
@@ -121,12 +126,7 @@ class Recording(RecordingCore):
         pass of a resumed run skips the batches already trained on and restores the RNG as :meth:`batches`
         does. Unlike :meth:`batches` it neither takes batches nor flushes: the framework's events do."""
         self._check_open()
-        skip, on_position = self._resume_position()
-        sampler = self.logged_batch_sampler(loader.batch_sampler, skip)
-        sampler.on_position = on_position
-        if skip == 0:
-            self.epoch_rng = _rng_state(loader)
-        iterator = iter(logged_loader(loader, sampler))
+        iterator = self._logged_iterator(loader)
         try:
             yield from iterator
         finally:
