@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trajlab.commands import probe_spectrum
 from trajlab.commands.io import (
     UsageError,
     add_run_flags,
@@ -178,7 +179,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.alignment:
             result["alignment"] = _alignments(plan, args, bar)
         if args.spectrum:
-            result["spectrum"] = _spectra(plan, args, result["line"], bar)
+            result["spectrum"] = probe_spectrum.spectra(plan, args, result["line"], bar)
     from trajlab import files
 
     doc = _document(args, plan, result)
@@ -385,81 +386,6 @@ def _alignments(plan: ProbePlan, args: argparse.Namespace, bar: Any) -> list[dic
 # ------------------------------------------------------------------------------------------ output
 
 
-def _spectra(
-    plan: ProbePlan, args: argparse.Namespace, lines: list[dict[str, Any]], bar: Any
-) -> list[dict[str, Any]]:
-    """Top eigenvalues and trace of the probed batch's Hessian per (checkpoint, BN mode), set beside the
-    line probe of the same batch when there is one (lr* along the gradient vs the stability limit)."""
-    from trajlab.probes import hessian_trace, top_eigenvalues
-
-    run = plan.run
-    line_of = {(r["step"], r["bn"]): r for r in lines}
-    records = []
-    for step in plan.steps:
-        model = run.load_weights(step)
-        batch_step = plan.batch_of[step]
-        batch = run.batch(batch_step)
-        lr, mu = run.lr_at(batch_step), run.momentum
-        for bn in plan.modes:
-            eig = top_eigenvalues(
-                model, run.loss_fn, batch, k=args.top_k, tol=args.eig_tol, max_iter=max(100, 4 * args.top_k),
-                bn=bn, seed=args.seed,
-            )  # fmt: skip
-            tr = hessian_trace(
-                model, run.loss_fn, batch, max_samples=args.trace_samples, bn=bn, seed=args.seed
-            )
-            records.append(_spectrum_record(step, batch_step, lr, mu, bn, eig, tr, line_of.get((step, bn))))
-            bar.update(1)
-    return records
-
-
-def _spectrum_record(
-    step: int, batch_step: int, lr: float, mu: float, bn: str, eig: Any, tr: Any, line: dict | None
-) -> dict[str, Any]:
-    """JSON-ready; the paper's comparisons in closed form:
-
-    * heavy ball with momentum mu is stable on a quadratic of curvature lambda iff lr * lambda < 2(1 + mu),
-      so ``lr_lambda_max_over_limit`` = lr lambda_max / (2 (1 + mu)) >= 1 means the run sits at or past
-      the edge of stability of its own batch;
-    * the line probe's direction d has Rayleigh quotient d^T H d / |d|^2 <= lambda_max, so
-      ``curvature_along_direction_over_lambda_max`` (<= 1) says how much flatter the update direction is
-      than the top eigendirection; ``lr_star_times_lambda_max`` sets the fitted best step beside the
-      quadratic stability limit 2 / lambda_max of plain gradient descent (< 2: inside it).
-    """
-    lam = eig.eigenvalues[0]
-    record: dict[str, Any] = {
-        "step": step,
-        "batch_step": batch_step,
-        "bn": bn,
-        "lr": lr,
-        "momentum": mu,
-        "eigenvalues": list(eig.eigenvalues),
-        "residuals": list(eig.residuals),
-        "converged": list(eig.converged),
-        "eig_hvps": eig.hvps,
-        "eig_tol": eig.tol,
-        "trace": tr.trace,
-        "trace_std_error": tr.std_error,
-        "trace_samples": tr.samples,
-        "trace_converged": tr.converged,
-        "trace_hvps": tr.hvps,
-        "seed": eig.seed,
-        "n_params": eig.n_params,
-        "lambda_max": lam,
-        "two_over_lambda_max": 2.0 / lam if lam > 0 else math.nan,
-        "lr_lambda_max_over_limit": lr * lam / (2.0 * (1.0 + mu)) if lam > 0 else math.nan,
-        "wall_time_s": eig.wall_time_s + tr.wall_time_s,
-        "cost": (eig.cost + tr.cost).to_dict(),
-    }
-    if line is not None:
-        lr_star, h = line.get("lr_star", math.nan), line.get("curvature_hvp", math.nan)
-        record["lr_star"] = lr_star
-        record["lr_star_times_lambda_max"] = lr_star * lam if lam > 0 else math.nan
-        record["curvature_along_direction"] = h
-        record["curvature_along_direction_over_lambda_max"] = h / lam if lam > 0 else math.nan
-    return record
-
-
 def distribution(values: list[float]) -> dict[str, float]:
     """n, mean, std, min, quartiles and max of the finite ``values`` (nan fields when there are none)."""
     import numpy as np
@@ -575,19 +501,7 @@ def _summary_lines(doc: dict[str, Any]) -> list[str]:
         after = [a for k, a in zip(mem["steps_since"], mem["advantage"]) if k >= 0]
         if after:
             lines.append(f"bn={bn}: used-batch advantage over held-out right after use {after[0]:.4f}")
-    for r in doc.get("spectrum", []):
-        eigs = ", ".join(f"{v:.4g} (res {e:.1e})" for v, e in zip(r["eigenvalues"], r["residuals"]))
-        line = (
-            f"step {r['step']} bn={r['bn']}: top eigenvalues {eigs}; trace {r['trace']:.4g} "
-            f"± {r['trace_std_error']:.2g} ({r['eig_hvps'] + r['trace_hvps']} HVPs); "
-            f"lr·λmax/(2(1+mu)) {r['lr_lambda_max_over_limit']:.3g}"
-        )
-        if "lr_star_times_lambda_max" in r:
-            line += (
-                f", lr*·λmax {r['lr_star_times_lambda_max']:.3g} (2 = the stability limit), curvature "
-                f"along the update / λmax {r['curvature_along_direction_over_lambda_max']:.3g}"
-            )
-        lines.append(line)
+    lines += [probe_spectrum.summary_line(r) for r in doc.get("spectrum", [])]
     for r in doc["alignment"]:
         cos = sum(r["cosine"]) / len(r["cosine"])
         lines.append(
