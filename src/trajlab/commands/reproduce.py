@@ -35,7 +35,13 @@ def register(sub: Any) -> None:
         "runs are cached by config and resumed when interrupted. Example: trajlab reproduce all "
         "--budget small --seeds 0,1,2 --jobs 2",
     )
-    p.add_argument("claim", metavar="CLAIM", help="A, B, C, D, E, F, G, H, or all")
+    p.add_argument(
+        "claim",
+        metavar="CLAIM",
+        help="A, B, C, D, E, F, G, H, or all; or A-map (claim A across batch size, width, data size, "
+        "training length, weight decay and BN mode, with the noisy quadratic model's prediction per cell; "
+        "budgets tiny and small, seeds default 0,1)",
+    )
     p.add_argument(
         "--budget",
         choices=list(BUDGET_NAMES),
@@ -82,6 +88,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """Handler of ``trajlab reproduce``."""
     from trajlab.experiments.claims import CLAIMS, prepare_runs
 
+    if args.claim.strip().lower() == "a-map":
+        return _run_amap(args)
     claims = parse_claims(args.claim)
     seeds = parse_seeds(args.seeds)
     if args.jobs < 1:
@@ -100,6 +108,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         log.info("claim %s: %s (%.0f s)", c, doc["verdict"]["verdict"], rows[-1][2])
     report = _write_report(out, args.budget)
     emit(_table(rows, out, time.perf_counter() - t0) + (f"\nreport: {report.resolve()}" if report else ""))
+    return 0
+
+
+def _run_amap(args: argparse.Namespace) -> int:
+    """``trajlab reproduce A-map``: its own cells and budgets (``tiny``, ``small``)."""
+    from trajlab.experiments.claims.amap import AMAP_BUDGETS, run_claim_amap
+
+    if args.budget not in AMAP_BUDGETS:
+        raise UsageError(f"A-map --budget: one of {', '.join(AMAP_BUDGETS)}, got {args.budget}")
+    seeds = parse_seeds(args.seeds if args.seeds != "0,1,2" else "0,1")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) / args.budget
+    t0 = time.perf_counter()
+    doc = run_claim_amap(
+        out, budget=args.budget, seeds=seeds, reuse=not args.no_reuse, jobs=args.jobs,
+        progress=not args.no_progress, host=host_of(args),
+    )  # fmt: skip
+    lines = [f"{'cell':<26} measured  predicted  lr*/lr   R^2    held-out  N/S"]
+    for name, c in doc["cells"].items():
+        lines.append(
+            f"{name:<26} {c['one_step_fraction']:8.3f}  {c['predicted_fraction']:9.3f}  "
+            f"{c['lr_star_over_lr']:6.2f}  {c['r2']:5.3f}  {c['heldout_fraction']:8.3f}  "
+            f"{c['noise_to_signal']:.3g}"
+        )
+    lines.append(f"results: {(out / 'claim_A-map.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
+    emit("\n".join(lines))
     return 0
 
 

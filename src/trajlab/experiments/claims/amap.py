@@ -1,0 +1,262 @@
+"""Claim A's map: where does one step along a fixed batch's own gradient reach a very low loss?
+
+Around a base cell (the plateau demo's MLP: 784-100-100-10 ReLU, Fashion-MNIST, SGD lr 0.1, momentum 0.9,
+wd 5e-4, batch 128), one factor changes at a time: batch size, width, training-set size, training length,
+weight decay; a BatchNorm ResNet cell is probed with train-mode and running BN statistics. Every cell is
+trained for each seed; at ``probes`` snapshots spread over the run, the batch of the next step is
+profiled along its own gradient (claim A's protocol: no weight decay in the direction) with a held-out
+test batch as control.
+
+Beside each measured one-step fraction f(lr*)/f(0) stands the noisy quadratic model's prediction. Near
+theta the batch loss is L_B* + 1/2 (theta - c_B)^T H (theta - c_B); along g_B with one curvature
+h = g_B^T H g_B / |g_B|^2 the best step removes |g_B|^2 / (2 h), so
+
+    predicted f(lr*)/f(0) = 1 - |g_B|^2 / (2 h f(0)),   |g_B|^2 = |G|^2 (1 + N/S),
+
+where G is the mean gradient and N/S = E|g_B - G|^2 / |G|^2 the gradient noise-to-signal ratio: the
+noisier the batch gradient, the more of the batch loss one step along it removes (docs/theory.md §14).
+N/S is measured per probe with ``noise_batches`` other training batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trajlab.config import HostSettings
+from trajlab.experiments.claims import common
+from trajlab.experiments.claims.cache import RunSpec, ensure_runs
+from trajlab.runs import RecordedRun
+
+log = logging.getLogger(__name__)
+
+MLP = "fashion-mlp"
+# Budgets: base steps, probes per run, lr points per profile, batches for the mean gradient.
+AMAP_BUDGETS: dict[str, dict[str, Any]] = {
+    "tiny": {"steps": 40, "probes": 2, "points": 24, "noise_batches": 4, "subset": 256, "data": "synthetic"},
+    "small": {
+        "steps": 3000,
+        "probes": 3,
+        "points": 16,
+        "noise_batches": 8,
+        "subset": 6000,
+        "data": "fashion-mnist",
+    },
+}
+SYNTHETIC = (
+    "data.name=synthetic",
+    "data.synthetic={n = 2048, n_test = 1024, num_classes = 10, channels = 1, size = 8, seed = 3}",
+)
+
+
+def cells(budget: str) -> dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]]:
+    """``{cell: (preset overrides, preset, probe BN modes)}``, one factor changed at a time."""
+    b = AMAP_BUDGETS[budget]
+    steps = b["steps"]
+    common_mlp = (
+        "record.enabled=true",
+        "train.progress=false",
+        f"train.steps={steps}",
+        f"record.snapshots={{every_steps = {max(1, steps // 10)}}}",
+    )
+    bn_net = (
+        "record.enabled=true",
+        "train.progress=false",
+        "model.name=resnet20",
+        "model.width=8",
+        "data.pad_to=0",
+        f"train.steps={max(20, steps // 10)}",
+        f"record.snapshots={{every_steps = {max(1, steps // 100)}}}",
+        f"data.train_subset={b['subset']}",
+    )
+    one_factor = {
+        "base": (),
+        "batch 32": ("train.batch_size=32",),
+        "batch 512": ("train.batch_size=512",),
+        "width 50": ("model.width=50",),
+        "width 400": ("model.width=400",),
+        "1/10 of the images": (f"data.train_subset={b['subset']}",),
+        "short (1/10)": (
+            f"train.steps={max(4, steps // 10)}",
+            f"record.snapshots={{every_steps = {max(1, steps // 100)}}}",
+        ),
+        "no weight decay": ("optim.weight_decay=0",),
+    }  # fmt: skip
+    out = {name: ((*common_mlp, *extra), MLP, ("batch",)) for name, extra in one_factor.items()}
+    out["resnet BN"] = (bn_net, MLP, ("batch", "running"))
+    if b["data"] == "synthetic":
+        out = {k: ((*SYNTHETIC, *v[0]), v[1], v[2]) for k, v in out.items()}
+    return out
+
+
+def predicted_fraction(grad_sq: float, curvature: float, loss0: float) -> float:
+    """The noisy quadratic model's f(lr*)/f(0) along g_B: 1 - |g_B|^2 / (2 h f(0)) (nan when h <= 0)."""
+    if not (curvature > 0 and loss0 > 0):
+        return math.nan
+    return 1.0 - grad_sq / (2.0 * curvature * loss0)
+
+
+def _flat_grad(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, y = batch
+    loss = F.cross_entropy(model(x), y)
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[float, float]:
+    """``(N/S, |G|^2)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S the mean
+    |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2)."""
+    model.train()
+    grads = torch.stack([_flat_grad(model, b) for b in batches])
+    k = grads.shape[0]
+    mean = grads.mean(0)
+    spread = ((grads - mean) ** 2).sum(1).mean().item() * k / (k - 1)  # unbiased E|g_b - G|^2
+    signal = max(mean.pow(2).sum().item() - spread / k, 1e-30)  # E|mean|^2 = |G|^2 + spread / K
+    return spread / signal, signal
+
+
+def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host: HostSettings | None):
+    from trajlab.probes import line_profile
+
+    run = RecordedRun(run_dir, host=host)
+    heldout = run.heldout_batches(1)[0]
+    stored = [s for s in run.steps() if 0 < s < run.steps()[-1]]
+    picks = [stored[round(i * (len(stored) - 1) / max(1, b["probes"] - 1))] for i in range(b["probes"])]
+    logged = run.batch_steps
+    rows = []
+    for step in sorted(set(picks)):
+        model = run.load_weights(step)
+        others = [
+            run.batch(s) for s in logged[:: max(1, len(logged) // b["noise_batches"])][: b["noise_batches"]]
+        ]
+        ns, signal = noise_to_signal(model, others)
+        lr = run.lr_at(step + 1)
+        for bn in bn_modes:
+            p = line_profile(
+                model, F.cross_entropy, run.batch(step + 1), eval_batches={"heldout": heldout}, bn=bn,
+                num_points=b["points"], hvp=True,
+            )  # fmt: skip
+            grad_sq = p.grad_norm**2
+            control = p.control_at_lr_star.get("heldout", math.nan)
+            rows.append(
+                {
+                    "step": step,
+                    "bn": bn,
+                    "lr": lr,
+                    "one_step_fraction": p.one_step_fraction,
+                    "predicted_fraction": predicted_fraction(grad_sq, p.curvature_hvp, p.loss_at_zero),
+                    "lr_star_over_lr": p.lr_star / lr if lr > 0 else math.nan,
+                    "r2": p.r2,
+                    "heldout_fraction": control / p.control_losses["heldout"][0]
+                    if p.control_losses["heldout"][0] > 0
+                    else math.nan,
+                    "noise_to_signal": ns,
+                    "grad_sq_over_mean_grad_sq": grad_sq / signal,
+                    "loss_at_zero": p.loss_at_zero,
+                    "bracketed": p.bracketed,
+                }
+            )
+    return rows
+
+
+def _slug(cell: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in cell).strip("_")
+
+
+def _median(rows: Sequence[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rows if math.isfinite(r[key])]
+    return statistics.median(values) if values else math.nan
+
+
+def run_claim_amap(
+    out_dir: str | Path,
+    *,
+    budget: str = "small",
+    seeds: Sequence[int] = (0, 1),
+    reuse: bool = True,
+    jobs: int = 1,
+    progress: bool = True,
+    host: HostSettings | None = None,
+) -> dict[str, Any]:
+    """Train every cell for every seed, probe, and write ``claim_A-map.json`` and ``claim_A-map.png``."""
+    if budget not in AMAP_BUDGETS:
+        raise ValueError(f"A-map budgets: {', '.join(AMAP_BUDGETS)}; got {budget!r}")
+    b = AMAP_BUDGETS[budget]
+    out_dir = Path(out_dir)
+    table = cells(budget)
+    specs = {
+        (cell, seed): RunSpec(f"amap-{_slug(cell)}-s{seed}", preset, (*over, f"train.seed={seed}"))
+        for cell, (over, preset, _) in table.items()
+        for seed in seeds
+    }
+    dirs = ensure_runs(out_dir, list(specs.values()), jobs=jobs, reuse=reuse, progress=progress, host=host)
+    per_cell: dict[str, Any] = {}
+    for cell, (_, _, bn_modes) in table.items():
+        rows = []
+        for seed in seeds:
+            for r in _probe_cell(dirs[specs[(cell, seed)].name], b, bn_modes, host):
+                rows.append({"seed": seed, **r})
+        for bn in bn_modes:
+            # An unbracketed profile (still falling at the largest lr tried) has only a bound on lr*.
+            sub = [r for r in rows if r["bn"] == bn and r["bracketed"]]
+            unbracketed = sum(1 for r in rows if r["bn"] == bn and not r["bracketed"])
+            name = cell if len(bn_modes) == 1 else f"{cell} ({bn} BN)"
+            per_cell[name] = {
+                "overrides": list(table[cell][0]),
+                "n": len(sub),
+                "unbracketed": unbracketed,
+                **{
+                    k: _median(sub, k)
+                    for k in (
+                        "one_step_fraction",
+                        "predicted_fraction",
+                        "lr_star_over_lr",
+                        "r2",
+                        "heldout_fraction",
+                        "noise_to_signal",
+                    )
+                },
+                "one_step_fraction_range": [
+                    min((r["one_step_fraction"] for r in sub), default=math.nan),
+                    max((r["one_step_fraction"] for r in sub), default=math.nan),
+                ],
+                "probes": sub,
+            }
+    holds = [c for c, v in per_cell.items() if v["one_step_fraction"] <= 0.2]
+    doc = {
+        "budget": budget,
+        "protocol": "f(lr) = L_B(theta_s - lr g_B), B = the batch of step s+1, no weight decay in the "
+        "direction, exact curvature; predicted = 1 - |g_B|^2 / (2 h f(0)) (noisy quadratic model, one h "
+        "along g_B); N/S from noise_batches training batches at the same theta",
+        "cells": per_cell,
+        "verdict": {
+            "verdict": "map",
+            "criterion": "a cell 'holds' when its median one-step fraction is <= 0.2 (claim A's threshold)",
+            "holds_in": holds,
+        },
+        "figures": [_plot(out_dir, per_cell)],
+    }
+    return common.write_result(out_dir, "A-map", doc, seeds)
+
+
+def _plot(out_dir: Path, per_cell: dict[str, Any]) -> str:
+    fig, (ax,) = common.new_figure(width=8.0, height=3.8)
+    names = list(per_cell)
+    xs = range(len(names))
+    ax.scatter(xs, [per_cell[n]["one_step_fraction"] for n in names], label="measured (median)", zorder=3)
+    for x, n in zip(xs, names):
+        lo, hi = per_cell[n]["one_step_fraction_range"]
+        ax.plot([x, x], [lo, hi], color="C0", alpha=0.5)
+    ax.scatter(xs, [per_cell[n]["predicted_fraction"] for n in names], marker="x", label="NQM prediction")
+    ax.axhline(0.2, color="grey", lw=0.8, ls="--", label="claim A threshold 0.2")
+    ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("f(lr*) / f(0)")
+    ax.legend(fontsize=8)
+    return common.save_figure(fig, out_dir / "claim_A-map.png")
