@@ -1,0 +1,74 @@
+"""Claim A's map: the noisy quadratic model's one-step fraction (closed form against an exact quadratic),
+the noise-to-signal estimator (against a known mean and spread), and the driver end to end (tiny)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trajlab.cli import main
+from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction
+from trajlab.probes import line_profile
+
+
+def test_predicted_fraction_is_exact_on_a_quadratic_batch_loss() -> None:
+    """Least squares is exactly quadratic: the measured f(lr*)/f(0) equals 1 - |g|^2 / (2 h f(0))."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 1, bias=False)
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+
+    def mse(m: nn.Module, batch: tuple) -> torch.Tensor:
+        return ((m(batch[0]) - batch[1]) ** 2).mean()
+
+    p = line_profile(model, mse, (x, y), num_points=32, hvp=True)
+    predicted = predicted_fraction(p.grad_norm**2, p.curvature_hvp, p.loss_at_zero)
+    assert p.bracketed and p.one_step_fraction == pytest.approx(predicted, rel=1e-3, abs=1e-4)
+    assert 0.0 < predicted < 1.0
+    assert math.isnan(predicted_fraction(1.0, 0.0, 1.0)) and math.isnan(predicted_fraction(1.0, 1.0, 0.0))
+
+
+def test_noise_to_signal_of_known_gradients() -> None:
+    """A linear model with loss mean(w . x) has gradient mean(x): batches drawn around a known mean give
+    N/S = spread / |G|^2 (the estimator removes the 1/K bias of the sample mean)."""
+
+    class Dot(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(50))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # cross_entropy of [s, 0] with label 1 has d/ds = softmax(s)_0 = 1/2 at s = 0: gradient = x/2.
+            s = x @ self.w
+            return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+    g = torch.Generator().manual_seed(1)
+    mean = torch.ones(50)
+    batches = [((mean + 2.0 * torch.randn(1, 50, generator=g)), torch.tensor([1])) for _ in range(400)]
+    ns, signal = noise_to_signal(Dot(), batches)
+    # Each batch gradient is x/2: |G|^2 = 50/4, spread = 50 * 4 / 4 = 50, N/S = 4.
+    assert signal == pytest.approx(50 / 4, rel=0.15) and ns == pytest.approx(4.0, rel=0.15)
+
+
+@pytest.mark.slow
+def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
+    assert main(["reproduce", "A-map", "--budget", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "measured  predicted" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "tiny" / "claim_A-map.json").read_text())
+    assert set(doc["cells"]) >= {
+        "base",
+        "batch 32",
+        "batch 512",
+        "resnet BN (batch BN)",
+        "resnet BN (running BN)",
+    }
+    for cell in doc["cells"].values():
+        assert cell["n"] + cell["unbracketed"] == 4  # 2 seeds x 2 probes
+        for r in cell["probes"]:
+            assert 0.0 < r["one_step_fraction"] <= 1.0 and r["noise_to_signal"] > 0
+    assert (tmp_path / "tiny" / "claim_A-map.png").read_bytes()[:4] == b"\x89PNG"
+    assert doc["provenance"]["git"] is not None
+    assert main(["reproduce", "A-map", "--budget", "medium", "--out", str(tmp_path)]) == 2
