@@ -13,9 +13,9 @@ h = g_B^T H g_B / |g_B|^2 the best step removes |g_B|^2 / (2 h), so
 
     predicted f(lr*)/f(0) = 1 - |g_B|^2 / (2 h f(0)),   |g_B|^2 = |G|^2 (1 + N/S),
 
-where G is the mean gradient and N/S = E|g_B - G|^2 / |G|^2 the gradient noise-to-signal ratio (h changes
-with the batch too: a small batch is sharper along its own gradient; docs/theory.md §14). N/S is measured
-per probe with ``noise_batches`` other training batches.
+where G is the mean gradient and N/S = E|g_B - G|^2 / |G|^2 the gradient noise-to-signal ratio (h and the
+loss level f(0) change with the cell too; docs/theory.md §14). N/S is measured per probe with
+``noise_batches`` other training batches, in train mode.
 """
 
 from __future__ import annotations
