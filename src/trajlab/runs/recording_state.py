@@ -21,7 +21,7 @@ from torch import nn
 
 from trajlab import files
 from trajlab.config import HostSettings
-from trajlab.provenance import provenance, write_json_atomic
+from trajlab.provenance import provenance
 from trajlab.runs import recording_support as support
 from trajlab.runs.recipe import RECIPE_FILE, Recipe, optimizer_facts, read_recipe
 from trajlab.train import distributed
@@ -206,7 +206,7 @@ class RecordingCore:
                 "recipe": RECIPE_FILE,
                 "wall_s_last_session": time.perf_counter() - self._t0,
             }
-            write_json_atomic(self.run_dir / "summary.json", summary)
+            files.write_run_json(self.run_dir, "summary.json", summary)  # its sha256 in checksums.json
         support.barrier(self.dist)
 
     def _close_sink(self) -> None:
@@ -411,11 +411,11 @@ class RecordingCore:
         device = next(self.model.parameters()).device
         here = provenance(seed=self.seed, device=device, command=None)
         if resumed_at is None or not path.is_file():
-            write_json_atomic(path, here)
+            files.write_run_json(self.run_dir, "provenance.json", here)
             return
-        prov = json.loads(path.read_text())
+        prov = json.loads(files.read_verified(self.run_dir, "provenance.json"))
         prov.setdefault("resumes", []).append({"at_step": resumed_at, **here})
-        write_json_atomic(path, prov)
+        files.write_run_json(self.run_dir, "provenance.json", prov)
 
     def _remember_loader(self, loader: Any) -> None:
         """The first loader seen fixes the recipe (written once, checked against on resume)."""
