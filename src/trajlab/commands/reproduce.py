@@ -40,7 +40,8 @@ def register(sub: Any) -> None:
         metavar="CLAIM",
         help="A, B, C, D, E, F, G, H, or all; or A-map (claim A across batch size, width, data size, "
         "training length, weight decay and BN mode, with the noisy quadratic model's prediction per cell; "
-        "budgets tiny and small, seeds default 0,1)",
+        "budgets tiny and small, seeds default 0,1); or cooldown (constant lr + the EMA the theory "
+        "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny and small)",
     )
     p.add_argument(
         "--budget",
@@ -90,6 +91,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.claim.strip().lower() == "a-map":
         return _run_amap(args)
+    if args.claim.strip().lower() == "cooldown":
+        return _run_cooldown(args)
     claims = parse_claims(args.claim)
     seeds = parse_seeds(args.seeds)
     if args.jobs < 1:
@@ -134,6 +137,26 @@ def _run_amap(args: argparse.Namespace) -> int:
             f"{c['noise_to_signal']:.3g}"
         )
     lines.append(f"results: {(out / 'claim_A-map.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
+    emit("\n".join(lines))
+    return 0
+
+
+def _run_cooldown(args: argparse.Namespace) -> int:
+    """``trajlab reproduce cooldown``: the moonshot (issue 16), budgets ``tiny`` and ``small``."""
+    from trajlab.experiments.claims.cooldown import COOLDOWN_BUDGETS, run_cooldown, table_lines
+
+    if args.budget not in COOLDOWN_BUDGETS:
+        raise UsageError(f"cooldown --budget: one of {', '.join(COOLDOWN_BUDGETS)}, got {args.budget}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) / args.budget
+    t0 = time.perf_counter()
+    doc = run_cooldown(
+        out, budget=args.budget, seeds=parse_seeds(args.seeds), reuse=not args.no_reuse, jobs=args.jobs,
+        progress=not args.no_progress, host=host_of(args),
+    )  # fmt: skip
+    lines = table_lines(doc)
+    lines.append(f"results: {(out / 'claim_cooldown.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
     emit("\n".join(lines))
     return 0
 
