@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from trajlab.cli import main
-from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction
+from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction, predicted_from_noise
 from trajlab.probes import line_profile
 
 
@@ -28,6 +28,10 @@ def test_predicted_fraction_is_exact_on_a_quadratic_batch_loss() -> None:
     predicted = predicted_fraction(p.grad_norm**2, p.curvature_hvp, p.loss_at_zero)
     assert p.bracketed and p.one_step_fraction == pytest.approx(predicted, rel=1e-3, abs=1e-4)
     assert 0.0 < predicted < 1.0
+    # With |G|^2 (1 + N/S) equal to |g|^2 the two predictions agree.
+    assert predicted_from_noise(p.grad_norm**2 / 4, 3.0, p.curvature_hvp, p.loss_at_zero) == pytest.approx(
+        predicted
+    )
     assert math.isnan(predicted_fraction(1.0, 0.0, 1.0)) and math.isnan(predicted_fraction(1.0, 1.0, 0.0))
 
 
@@ -62,6 +66,7 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
         "base",
         "batch 32",
         "batch 512",
+        "long (3x)",
         "resnet BN (batch BN)",
         "resnet BN (running BN)",
     }
@@ -69,6 +74,7 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
         assert cell["n"] + cell["unbracketed"] == 4  # 2 seeds x 2 probes
         for r in cell["probes"]:
             assert 0.0 < r["one_step_fraction"] <= 1.0 and r["noise_to_signal"] > 0
+            assert "predicted_from_noise" in r
     assert (tmp_path / "tiny" / "claim_A-map.png").read_bytes()[:4] == b"\x89PNG"
     assert doc["provenance"]["git"] is not None
     assert main(["reproduce", "A-map", "--budget", "medium", "--out", str(tmp_path)]) == 2
