@@ -52,9 +52,11 @@ def test_noise_to_signal_of_known_gradients() -> None:
     g = torch.Generator().manual_seed(1)
     mean = torch.ones(50)
     batches = [((mean + 2.0 * torch.randn(1, 50, generator=g)), torch.tensor([1])) for _ in range(400)]
-    ns, signal = noise_to_signal(Dot(), batches)
+    ns, signal, typical = noise_to_signal(Dot(), batches)
     # Each batch gradient is x/2: |G|^2 = 50/4, spread = 50 * 4 / 4 = 50, N/S = 4.
     assert signal == pytest.approx(50 / 4, rel=0.15) and ns == pytest.approx(4.0, rel=0.15)
+    # Gaussian noise: |xi|^2 / sigma^2 is chi^2 with 50 degrees of freedom, median ~ 49.3.
+    assert typical == pytest.approx(4.0 * 49.33 / 50, rel=0.15)
 
 
 @pytest.mark.slow

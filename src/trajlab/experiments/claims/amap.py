@@ -131,16 +131,19 @@ def _flat_grad(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
 
-def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[float, float]:
-    """``(N/S, |G|^2)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S the mean
-    |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2)."""
+def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[float, float, float]:
+    """``(N/S, |G|^2, typical N/S)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S
+    the mean |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2), and
+    the typical N/S the median of |g_b - G|^2 / |G|^2 (heavy-tailed gradient norms, as at batch 32, put
+    the mean far above what a typical batch carries)."""
     model.train()
     grads = torch.stack([_flat_grad(model, b) for b in batches])
     k = grads.shape[0]
     mean = grads.mean(0)
     spread = ((grads - mean) ** 2).sum(1).mean().item() * k / (k - 1)  # unbiased E|g_b - G|^2
     signal = max(mean.pow(2).sum().item() - spread / k, 1e-30)  # E|mean|^2 = |G|^2 + spread / K
-    return spread / signal, signal
+    typical = ((grads - mean) ** 2).sum(1).median().item() * k / (k - 1)
+    return spread / signal, signal, typical / signal
 
 
 def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host: HostSettings | None):
@@ -156,7 +159,7 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
         model = run.load_weights(step)
         k = max(b["noise_batches"], b["noise_images"] // run.config.train.batch_size)
         others = [run.batch(s) for s in logged[:: max(1, len(logged) // k)][:k]]
-        ns, signal = noise_to_signal(model, others)
+        ns, signal, ns_typical = noise_to_signal(model, others)
         lr = run.lr_at(step + 1)
         for bn in bn_modes:
             p = line_profile(
@@ -173,12 +176,16 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
                     "one_step_fraction": p.one_step_fraction,
                     "predicted_fraction": predicted_fraction(grad_sq, p.curvature_hvp, p.loss_at_zero),
                     "predicted_from_noise": predicted_from_noise(signal, ns, p.curvature_hvp, p.loss_at_zero),
+                    "predicted_from_typical_noise": predicted_from_noise(
+                        signal, ns_typical, p.curvature_hvp, p.loss_at_zero
+                    ),
                     "lr_star_over_lr": p.lr_star / lr if lr > 0 else math.nan,
                     "r2": p.r2,
                     "heldout_fraction": control / p.control_losses["heldout"][0]
                     if p.control_losses["heldout"][0] > 0
                     else math.nan,
                     "noise_to_signal": ns,
+                    "noise_to_signal_typical": ns_typical,
                     "grad_sq_over_mean_grad_sq": grad_sq / signal,
                     "loss_at_zero": p.loss_at_zero,
                     "bracketed": p.bracketed,
@@ -239,10 +246,12 @@ def run_claim_amap(
                         "one_step_fraction",
                         "predicted_fraction",
                         "predicted_from_noise",
+                        "predicted_from_typical_noise",
                         "lr_star_over_lr",
                         "r2",
                         "heldout_fraction",
                         "noise_to_signal",
+                        "noise_to_signal_typical",
                     )
                 },
                 "one_step_fraction_range": [
@@ -256,8 +265,9 @@ def run_claim_amap(
         "budget": budget,
         "protocol": "f(lr) = L_B(theta_s - lr g_B), B = the batch of step s+1, no weight decay in the "
         "direction, exact curvature; predicted = 1 - |g_B|^2 / (2 h f(0)) (noisy quadratic model, one h "
-        "along g_B); predicted_from_noise = the same with |g_B|^2 -> |G|^2 (1 + N/S); N/S and |G|^2 from "
-        "max(noise_batches, noise_images / batch size) training batches at the same theta",
+        "along g_B); predicted_from_noise = the same with |g_B|^2 -> |G|^2 (1 + N/S) (N/S: mean; "
+        "_typical: median over batches); N/S and |G|^2 from max(noise_batches, noise_images / batch size) "
+        "training batches at the same theta",
         "cells": per_cell,
         "verdict": {
             "verdict": "map",
