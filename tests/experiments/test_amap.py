@@ -80,3 +80,26 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
     assert (tmp_path / "tiny" / "claim_A-map.png").read_bytes()[:4] == b"\x89PNG"
     assert doc["provenance"]["git"] is not None
     assert main(["reproduce", "A-map", "--budget", "medium", "--out", str(tmp_path)]) == 2
+
+
+def test_one_step_fraction_decomposes_into_irreducible_loss_and_curvature_spread() -> None:
+    """docs/theory.md §14: f(lr*)/f(0) = 1 - kappa R / f(0), R = f(0) - L_B* = 1/2 g^T H^-1 g and
+    kappa = |g|^4 / (g^T H g g^T H^-1 g) <= 1, on least squares (exactly quadratic, dense H)."""
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    model = nn.Linear(6, 1, bias=False).double()
+
+    def mse(m: nn.Module, batch: tuple) -> torch.Tensor:
+        return ((m(batch[0]) - batch[1]) ** 2).mean()
+
+    p = line_profile(model, mse, (x, y), num_points=32, hvp=True)
+    w = model.weight.detach().reshape(-1, 1)
+    hess = 2 * x.T @ x / 32
+    g = (hess @ w - 2 * x.T @ y / 32).reshape(-1)
+    best = torch.linalg.lstsq(x, y).solution
+    loss0, floor = float(((x @ w - y) ** 2).mean()), float(((x @ best - y) ** 2).mean())
+    hinv_g = torch.linalg.solve(hess, g)
+    reducible = 0.5 * float(g @ hinv_g)
+    kappa = float(g @ g) ** 2 / (float(g @ hess @ g) * float(g @ hinv_g))
+    assert reducible == pytest.approx(loss0 - floor, rel=1e-9) and 0 < kappa <= 1
+    assert p.one_step_fraction == pytest.approx(1 - kappa * reducible / loss0, rel=1e-3, abs=1e-4)
