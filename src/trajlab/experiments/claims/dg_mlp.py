@@ -282,7 +282,7 @@ def run_claim_dg_mlp(
 
 
 def _plot(out: Path, d: dict[int, dict[str, Any]], g: dict[int, dict[str, Any]]) -> str:
-    fig, (ax1, ax2, ax3) = common.new_figure(3, width=13.0, height=3.6)
+    fig, (ax1, ax2, ax3) = common.new_figure(3, width=4.5, height=3.6)
     for i, (s, r) in enumerate(d.items()):
         xs = np.asarray(r["steps"]) - r["t2"]
         for key, ls in (("same_batches", "-"), ("different_orders", "--")):
