@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from trajlab.cli import main
-from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction
+from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction, predicted_from_noise
 from trajlab.probes import line_profile
 
 
@@ -28,6 +28,10 @@ def test_predicted_fraction_is_exact_on_a_quadratic_batch_loss() -> None:
     predicted = predicted_fraction(p.grad_norm**2, p.curvature_hvp, p.loss_at_zero)
     assert p.bracketed and p.one_step_fraction == pytest.approx(predicted, rel=1e-3, abs=1e-4)
     assert 0.0 < predicted < 1.0
+    # With |G|^2 (1 + N/S) equal to |g|^2 the two predictions agree.
+    assert predicted_from_noise(p.grad_norm**2 / 4, 3.0, p.curvature_hvp, p.loss_at_zero) == pytest.approx(
+        predicted
+    )
     assert math.isnan(predicted_fraction(1.0, 0.0, 1.0)) and math.isnan(predicted_fraction(1.0, 1.0, 0.0))
 
 
@@ -48,9 +52,11 @@ def test_noise_to_signal_of_known_gradients() -> None:
     g = torch.Generator().manual_seed(1)
     mean = torch.ones(50)
     batches = [((mean + 2.0 * torch.randn(1, 50, generator=g)), torch.tensor([1])) for _ in range(400)]
-    ns, signal = noise_to_signal(Dot(), batches)
+    ns, signal, typical = noise_to_signal(Dot(), batches)
     # Each batch gradient is x/2: |G|^2 = 50/4, spread = 50 * 4 / 4 = 50, N/S = 4.
     assert signal == pytest.approx(50 / 4, rel=0.15) and ns == pytest.approx(4.0, rel=0.15)
+    # Gaussian noise: |xi|^2 / sigma^2 is chi^2 with 50 degrees of freedom, median ~ 49.3.
+    assert typical == pytest.approx(4.0 * 49.33 / 50, rel=0.15)
 
 
 @pytest.mark.slow
@@ -62,6 +68,7 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
         "base",
         "batch 32",
         "batch 512",
+        "long (3x)",
         "resnet BN (batch BN)",
         "resnet BN (running BN)",
     }
@@ -69,6 +76,30 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
         assert cell["n"] + cell["unbracketed"] == 4  # 2 seeds x 2 probes
         for r in cell["probes"]:
             assert 0.0 < r["one_step_fraction"] <= 1.0 and r["noise_to_signal"] > 0
+            assert "predicted_from_noise" in r
     assert (tmp_path / "tiny" / "claim_A-map.png").read_bytes()[:4] == b"\x89PNG"
     assert doc["provenance"]["git"] is not None
     assert main(["reproduce", "A-map", "--budget", "medium", "--out", str(tmp_path)]) == 2
+
+
+def test_one_step_fraction_decomposes_into_irreducible_loss_and_curvature_spread() -> None:
+    """docs/theory.md §14: f(lr*)/f(0) = 1 - kappa R / f(0), R = f(0) - L_B* = 1/2 g^T H^-1 g and
+    kappa = |g|^4 / (g^T H g g^T H^-1 g) <= 1, on least squares (exactly quadratic, dense H)."""
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    model = nn.Linear(6, 1, bias=False).double()
+
+    def mse(m: nn.Module, batch: tuple) -> torch.Tensor:
+        return ((m(batch[0]) - batch[1]) ** 2).mean()
+
+    p = line_profile(model, mse, (x, y), num_points=32, hvp=True)
+    w = model.weight.detach().reshape(-1, 1)
+    hess = 2 * x.T @ x / 32
+    g = (hess @ w - 2 * x.T @ y / 32).reshape(-1)
+    best = torch.linalg.lstsq(x, y).solution
+    loss0, floor = float(((x @ w - y) ** 2).mean()), float(((x @ best - y) ** 2).mean())
+    hinv_g = torch.linalg.solve(hess, g)
+    reducible = 0.5 * float(g @ hinv_g)
+    kappa = float(g @ g) ** 2 / (float(g @ hess @ g) * float(g @ hinv_g))
+    assert reducible == pytest.approx(loss0 - floor, rel=1e-9) and 0 < kappa <= 1
+    assert p.one_step_fraction == pytest.approx(1 - kappa * reducible / loss0, rel=1e-3, abs=1e-4)

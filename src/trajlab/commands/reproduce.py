@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
         help="A, B, C, D, E, F, G, H, or all; or A-map (claim A across batch size, width, data size, "
         "training length, weight decay and BN mode, with the noisy quadratic model's prediction per cell; "
         "budgets tiny and small, seeds default 0,1); or cooldown (constant lr + the EMA the theory "
-        "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny and small)",
+        "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny and small); or DG-mlp "
+        "(claims D and G on the plateau MLP with function-space distances and the noisy quadratic model's "
+        "alignment slope; budgets tiny and small)",
     )
     p.add_argument(
         "--budget",
@@ -91,6 +93,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.claim.strip().lower() == "a-map":
         return _run_amap(args)
+    if args.claim.strip().lower() == "dg-mlp":
+        return _run_dg_mlp(args)
     if args.claim.strip().lower() == "cooldown":
         return _run_cooldown(args)
     claims = parse_claims(args.claim)
@@ -129,14 +133,42 @@ def _run_amap(args: argparse.Namespace) -> int:
         out, budget=args.budget, seeds=seeds, reuse=not args.no_reuse, jobs=args.jobs,
         progress=not args.no_progress, host=host_of(args),
     )  # fmt: skip
-    lines = [f"{'cell':<26} measured  predicted  lr*/lr   R^2    held-out  N/S"]
+    lines = [f"{'cell':<26} measured  predicted  from N/S  typical  lr*/lr   R^2    held-out  N/S"]
     for name, c in doc["cells"].items():
         lines.append(
             f"{name:<26} {c['one_step_fraction']:8.3f}  {c['predicted_fraction']:9.3f}  "
+            f"{c['predicted_from_noise']:8.3f}  {c['predicted_from_typical_noise']:7.3f}  "
             f"{c['lr_star_over_lr']:6.2f}  {c['r2']:5.3f}  {c['heldout_fraction']:8.3f}  "
             f"{c['noise_to_signal']:.3g}"
         )
     lines.append(f"results: {(out / 'claim_A-map.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
+    emit("\n".join(lines))
+    return 0
+
+
+def _run_dg_mlp(args: argparse.Namespace) -> int:
+    """``trajlab reproduce DG-mlp``: claims D and G on the plateau MLP (budgets ``tiny``, ``small``)."""
+    from trajlab.experiments.claims.dg_mlp import DG_BUDGETS, run_claim_dg_mlp
+
+    if args.budget not in DG_BUDGETS:
+        raise UsageError(f"DG-mlp --budget: one of {', '.join(DG_BUDGETS)}, got {args.budget}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) / args.budget
+    t0 = time.perf_counter()
+    doc = run_claim_dg_mlp(
+        out, budget=args.budget, seeds=parse_seeds(args.seeds), reuse=not args.no_reuse, jobs=args.jobs,
+        progress=not args.no_progress, host=host_of(args),
+    )  # fmt: skip
+    d, g = doc["D"]["verdict"], doc["G"]["verdict"]
+    e = d["end_over_start"]
+    lines = [
+        f"D: {d['verdict']}; same batches, end/start: |Delta| {e['distance']['mean']:.3f}, "
+        f"1/2 Delta^T H Delta {e['quadratic']['mean']:.3f}, logits {e['logit']['mean']:.3f}",
+        f"G: {g['verdict']}; cos slope {g['loglog_slope']['mean']:.3f} +- {g['loglog_slope']['std']:.3f}, "
+        f"NQM {g['nqm_slope']['mean']:.3f}; N/S slope {g['ns_slope']['mean']:.3f} (NQM -1)",
+        f"results: {(out / 'claim_DG-mlp.json').resolve()} ({time.perf_counter() - t0:.0f} s)",
+    ]
     emit("\n".join(lines))
     return 0
 

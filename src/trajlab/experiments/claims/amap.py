@@ -14,8 +14,9 @@ h = g_B^T H g_B / |g_B|^2 the best step removes |g_B|^2 / (2 h), so
     predicted f(lr*)/f(0) = 1 - |g_B|^2 / (2 h f(0)),   |g_B|^2 = |G|^2 (1 + N/S),
 
 where G is the mean gradient and N/S = E|g_B - G|^2 / |G|^2 the gradient noise-to-signal ratio (h and the
-loss level f(0) change with the cell too; docs/theory.md §14). N/S is measured per probe with
-``noise_batches`` other training batches, in train mode.
+loss level f(0) change with the cell too; docs/theory.md §14). N/S and |G|^2 are measured per probe from
+max(``noise_batches``, ``noise_images`` / batch size) other training batches, in train mode; the second
+prediction puts |G|^2 (1 + N/S) in place of the probed batch's own |g_B|^2.
 """
 
 from __future__ import annotations
@@ -38,14 +39,24 @@ from trajlab.runs import RecordedRun
 log = logging.getLogger(__name__)
 
 MLP = "fashion-mlp"
-# Budgets: base steps, probes per run, lr points per profile, batches for the mean gradient.
+# Budgets: base steps, probes per run, lr points per profile, images for the mean gradient (at least
+# ``noise_batches`` batches of the cell's batch size; 8 batches of 32 left N/S noisy: 2-30 at one cell).
 AMAP_BUDGETS: dict[str, dict[str, Any]] = {
-    "tiny": {"steps": 40, "probes": 2, "points": 24, "noise_batches": 4, "subset": 256, "data": "synthetic"},
+    "tiny": {
+        "steps": 40,
+        "probes": 2,
+        "points": 24,
+        "noise_batches": 4,
+        "noise_images": 0,
+        "subset": 256,
+        "data": "synthetic",
+    },
     "small": {
         "steps": 3000,
         "probes": 3,
         "points": 16,
         "noise_batches": 8,
+        "noise_images": 4096,
         "subset": 6000,
         "data": "fashion-mnist",
     },
@@ -87,6 +98,10 @@ def cells(budget: str) -> dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]
             f"train.steps={max(4, steps // 10)}",
             f"record.snapshots={{every_steps = {max(1, steps // 100)}}}",
         ),
+        "long (3x)": (
+            f"train.steps={3 * steps}",
+            f"record.snapshots={{every_steps = {max(1, 3 * steps // 10)}}}",
+        ),
         "no weight decay": ("optim.weight_decay=0",),
     }  # fmt: skip
     out = {name: ((*common_mlp, *extra), MLP, ("batch",)) for name, extra in one_factor.items()}
@@ -103,6 +118,12 @@ def predicted_fraction(grad_sq: float, curvature: float, loss0: float) -> float:
     return 1.0 - grad_sq / (2.0 * curvature * loss0)
 
 
+def predicted_from_noise(signal: float, noise_to_signal: float, curvature: float, loss0: float) -> float:
+    """The same prediction with |g_B|^2 replaced by its expectation |G|^2 (1 + N/S): what the gradient
+    noise-to-signal ratio alone says about a typical batch at this theta."""
+    return predicted_fraction(signal * (1.0 + noise_to_signal), curvature, loss0)
+
+
 def _flat_grad(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
     x, y = batch
@@ -110,16 +131,19 @@ def _flat_grad(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
 
-def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[float, float]:
-    """``(N/S, |G|^2)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S the mean
-    |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2)."""
+def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[float, float, float]:
+    """``(N/S, |G|^2, typical N/S)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S
+    the mean |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2), and
+    the typical N/S the median of |g_b - G|^2 / |G|^2 (heavy-tailed gradient norms, as at batch 32, put
+    the mean far above what a typical batch carries)."""
     model.train()
     grads = torch.stack([_flat_grad(model, b) for b in batches])
     k = grads.shape[0]
     mean = grads.mean(0)
     spread = ((grads - mean) ** 2).sum(1).mean().item() * k / (k - 1)  # unbiased E|g_b - G|^2
     signal = max(mean.pow(2).sum().item() - spread / k, 1e-30)  # E|mean|^2 = |G|^2 + spread / K
-    return spread / signal, signal
+    typical = ((grads - mean) ** 2).sum(1).median().item() * k / (k - 1)
+    return spread / signal, signal, typical / signal
 
 
 def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host: HostSettings | None):
@@ -133,10 +157,9 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
     rows = []
     for step in sorted(set(picks)):
         model = run.load_weights(step)
-        others = [
-            run.batch(s) for s in logged[:: max(1, len(logged) // b["noise_batches"])][: b["noise_batches"]]
-        ]
-        ns, signal = noise_to_signal(model, others)
+        k = max(b["noise_batches"], b["noise_images"] // run.config.train.batch_size)
+        others = [run.batch(s) for s in logged[:: max(1, len(logged) // k)][:k]]
+        ns, signal, ns_typical = noise_to_signal(model, others)
         lr = run.lr_at(step + 1)
         for bn in bn_modes:
             p = line_profile(
@@ -152,12 +175,17 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
                     "lr": lr,
                     "one_step_fraction": p.one_step_fraction,
                     "predicted_fraction": predicted_fraction(grad_sq, p.curvature_hvp, p.loss_at_zero),
+                    "predicted_from_noise": predicted_from_noise(signal, ns, p.curvature_hvp, p.loss_at_zero),
+                    "predicted_from_typical_noise": predicted_from_noise(
+                        signal, ns_typical, p.curvature_hvp, p.loss_at_zero
+                    ),
                     "lr_star_over_lr": p.lr_star / lr if lr > 0 else math.nan,
                     "r2": p.r2,
                     "heldout_fraction": control / p.control_losses["heldout"][0]
                     if p.control_losses["heldout"][0] > 0
                     else math.nan,
                     "noise_to_signal": ns,
+                    "noise_to_signal_typical": ns_typical,
                     "grad_sq_over_mean_grad_sq": grad_sq / signal,
                     "loss_at_zero": p.loss_at_zero,
                     "bracketed": p.bracketed,
@@ -217,10 +245,13 @@ def run_claim_amap(
                     for k in (
                         "one_step_fraction",
                         "predicted_fraction",
+                        "predicted_from_noise",
+                        "predicted_from_typical_noise",
                         "lr_star_over_lr",
                         "r2",
                         "heldout_fraction",
                         "noise_to_signal",
+                        "noise_to_signal_typical",
                     )
                 },
                 "one_step_fraction_range": [
@@ -234,7 +265,9 @@ def run_claim_amap(
         "budget": budget,
         "protocol": "f(lr) = L_B(theta_s - lr g_B), B = the batch of step s+1, no weight decay in the "
         "direction, exact curvature; predicted = 1 - |g_B|^2 / (2 h f(0)) (noisy quadratic model, one h "
-        "along g_B); N/S from noise_batches training batches at the same theta",
+        "along g_B); predicted_from_noise = the same with |g_B|^2 -> |G|^2 (1 + N/S) (N/S: mean; "
+        "_typical: median over batches); N/S and |G|^2 from max(noise_batches, noise_images / batch size) "
+        "training batches at the same theta",
         "cells": per_cell,
         "verdict": {
             "verdict": "map",
@@ -254,7 +287,14 @@ def _plot(out_dir: Path, per_cell: dict[str, Any]) -> str:
     for x, n in zip(xs, names):
         lo, hi = per_cell[n]["one_step_fraction_range"]
         ax.plot([x, x], [lo, hi], color="C0", alpha=0.5)
-    ax.scatter(xs, [per_cell[n]["predicted_fraction"] for n in names], marker="x", label="NQM prediction")
+    ax.scatter(xs, [per_cell[n]["predicted_fraction"] for n in names], marker="x", label="NQM, |g_B|^2")
+    ax.scatter(
+        xs,
+        [per_cell[n]["predicted_from_noise"] for n in names],
+        marker="+",
+        s=60,
+        label="NQM, |G|^2 (1 + N/S)",
+    )
     ax.axhline(0.2, color="grey", lw=0.8, ls="--", label="claim A threshold 0.2")
     ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("f(lr*) / f(0)")
