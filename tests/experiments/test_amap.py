@@ -103,3 +103,12 @@ def test_one_step_fraction_decomposes_into_irreducible_loss_and_curvature_spread
     kappa = float(g @ g) ** 2 / (float(g @ hess @ g) * float(g @ hinv_g))
     assert reducible == pytest.approx(loss0 - floor, rel=1e-9) and 0 < kappa <= 1
     assert p.one_step_fraction == pytest.approx(1 - kappa * reducible / loss0, rel=1e-3, abs=1e-4)
+
+
+def test_noise_to_signal_leaves_batchnorm_statistics_alone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(3)]
+    noise_to_signal(model, batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
