@@ -21,6 +21,7 @@ prediction puts |G|^2 (1 + N/S) in place of the probed batch's own |g_B|^2.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
@@ -135,13 +136,10 @@ def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[flo
     """``(N/S, |G|^2, typical N/S)`` from the gradients of ``batches`` (train-mode BN): G their mean, N/S
     the mean |g_b - G|^2 / |G|^2 with the 1/K bias of the sample mean removed (K = len(batches) >= 2), and
     the typical N/S the median of |g_b - G|^2 / |G|^2 (heavy-tailed gradient norms, as at batch 32, put
-    the mean far above what a typical batch carries). BN running statistics are left as they were."""
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    model.train()
+    the mean far above what a typical batch carries). ``model`` is not changed: the train-mode forwards
+    run on a copy, so BatchNorm's running statistics stay as stored (the running-BN probe reads them)."""
+    model = copy.deepcopy(model).train()
     grads = torch.stack([_flat_grad(model, b) for b in batches])
-    with torch.no_grad():  # train-mode forwards move BN running statistics: put the run's back
-        for name, v in model.named_buffers():
-            v.copy_(buffers[name])
     k = grads.shape[0]
     mean = grads.mean(0)
     spread = ((grads - mean) ** 2).sum(1).mean().item() * k / (k - 1)  # unbiased E|g_b - G|^2
