@@ -59,6 +59,8 @@ def test_dg_mlp_tiny_end_to_end(tmp_path, capsys) -> None:
     assert doc["D"]["verdict"]["replay_relative_error_max"] == 0.0  # the replay is the run's own step
     for r in doc["D"]["per_seed"].values():
         assert r["different_orders"]["distance"][0] == 0.0 and r["same_batches"]["distance"][0] > 0
+        start = r["same_batches_perturbed"]["distance"][0]
+        assert start == pytest.approx(1e-4 * r["same_batches"]["distance"][0], rel=1e-2)
         assert len(r["steps"]) == len(r["same_batches"]["quadratic"]) == len(r["different_orders"]["logit"])
     for r in doc["G"]["per_seed"].values():
         assert [p["lr"] for p in r["points"]] == [0.1, 0.05]

@@ -11,7 +11,8 @@ lr 0.1, momentum 0.9, wd 5e-4, batch 128) and steps cost about 3 ms, so:
   loss-weighted distance 1/2 Delta^T H Delta (H of the training loss on ``eval_images`` training images at
   the base run's theta, an exact HVP) and the held-out logit distance (mean over ``eval_images`` test
   images of |z' - z|^2). Criterion: with the same batches both function-space distances fall (end/start
-  < 1) and end below the other-order pair's, in every seed.
+  < 1) and end below the other-order pair's, in every seed. A control (not judged): theta_{T2} moved
+  ``PERTURBATION`` of the way to theta_{T1}, replayed on the same batches: how far a tiny difference grows.
 * **G.** The base run branched at T2 at each lr in ``lrs`` for ``lr_steps * lrs[0] / lr`` steps (lr x
   steps fixed: every direction has relaxed by the same factor), cos(g_B, G) of ``align_batches``
   un-augmented batches against the full training gradient at the branch's last ``reads`` snapshots. The
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MLP = "fashion-mlp"
 G_SLOPE_TOLERANCE = 0.1
+# D's control pair starts this fraction of the way from theta_{T2} to theta_{T1}.
+PERTURBATION = 1e-4
 DG_BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "data": "synthetic",
@@ -166,6 +169,12 @@ def _d_seed(out: Path, b: dict[str, Any], sp: dict[str, Any], host: HostSettings
         return {k: [r[k] for r in rows] for k in ("distance", "quadratic", "logit")}
 
     same = series({t2: base.load(t1), **replay})
+    # A control for the floor: the same batches from theta_{T2} moved by PERTURBATION of the way to
+    # theta_{T1}; if this pair ends as far apart as the first, the floor is the dynamics' sensitivity.
+    th1, th2 = base.load(t1), base.load(t2)
+    nudged = {k: v + PERTURBATION * (th1[k] - v) if v.is_floating_point() else v for k, v in th2.items()}
+    tiny = _replay_from(base_dir, t2, t2, b["pair_steps"], read_at, host, weights=nudged)
+    perturbed = series({t2: nudged, **tiny})
     orders = series({t2: base.load(t2), **{s: other.load(s) for s in read_at if s in set(other.steps())}})
     return {
         "t1": t1,
@@ -175,6 +184,7 @@ def _d_seed(out: Path, b: dict[str, Any], sp: dict[str, Any], host: HostSettings
         / _param_distance(base.load(read_at[0]), {k: torch.zeros_like(v) for k, v in check.items()}, keys),
         "same_batches": same,
         "different_orders": orders,
+        "same_batches_perturbed": perturbed,
     }
 
 
@@ -285,7 +295,9 @@ def _plot(out: Path, d: dict[int, dict[str, Any]], g: dict[int, dict[str, Any]])
     fig, (ax1, ax2, ax3) = common.new_figure(3, width=4.5, height=3.6)
     for i, (s, r) in enumerate(d.items()):
         xs = np.asarray(r["steps"]) - r["t2"]
-        for key, ls in (("same_batches", "-"), ("different_orders", "--")):
+        for key, ls in (("same_batches", "-"), ("different_orders", "--"), ("same_batches_perturbed", ":")):
+            if key not in r:
+                continue
             ax1.plot(xs, r[key]["quadratic"], ls=ls, color=f"C{i}", label=f"s{s} {key.replace('_', ' ')}")
             ax2.plot(xs, r[key]["logit"], ls=ls, color=f"C{i}")
     ax1.set_ylabel("1/2 Delta^T H Delta")

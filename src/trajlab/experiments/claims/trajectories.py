@@ -51,8 +51,10 @@ def _replay_from(
     steps: int,
     read_at: Sequence[int],
     host: HostSettings | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """Train the checkpoint at ``ckpt_step`` on the run's batches ``first_step + 1 .. first_step + steps``.
+    """Train the checkpoint at ``ckpt_step`` on the run's batches ``first_step + 1 .. first_step + steps``
+    (``weights``: start from these weights instead, with the checkpoint's optimizer state).
 
     Returns:
         ``{step: state_dict}`` at the steps in ``read_at`` (the run's step numbering).
@@ -67,7 +69,7 @@ def _replay_from(
     model = build.build_model_for(cfg, train_ds)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"] if weights is None else weights)
     opt = build.build_optimizer_for(cfg, model)
     opt.load_state_dict(state["optimizer"])
     batches = build.DatasetBatches(
