@@ -64,6 +64,6 @@ def test_dg_mlp_tiny_end_to_end(tmp_path, capsys) -> None:
         assert len(r["steps"]) == len(r["same_batches"]["quadratic"]) == len(r["different_orders"]["logit"])
     for r in doc["G"]["per_seed"].values():
         assert [p["lr"] for p in r["points"]] == [0.1, 0.05]
-        assert all(0 < p["cosine_mean"] < 1 for p in r["points"])
+        assert all(0 < p["cosine_mean"] < 1 and p["lambda_max"] > 0 for p in r["points"])
     assert (tmp_path / "tiny" / "claim_DG-mlp.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["reproduce", "DG-mlp", "--budget", "medium", "--out", str(tmp_path)]) == 2

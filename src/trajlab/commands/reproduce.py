@@ -166,7 +166,9 @@ def _run_dg_mlp(args: argparse.Namespace) -> int:
         f"D: {d['verdict']}; same batches, end/start: |Delta| {e['distance']['mean']:.3f}, "
         f"1/2 Delta^T H Delta {e['quadratic']['mean']:.3f}, logits {e['logit']['mean']:.3f}",
         f"G: {g['verdict']}; cos slope {g['loglog_slope']['mean']:.3f} +- {g['loglog_slope']['std']:.3f}, "
-        f"NQM {g['nqm_slope']['mean']:.3f}; N/S slope {g['ns_slope']['mean']:.3f} (NQM -1)",
+        f"NQM {g['nqm_slope']['mean']:.3f}; N/S slope {g['ns_slope']['mean']:.3f} (NQM -1; "
+        f"{g['ns_slope_if_curvature_scales']['mean']:.3f} with lambda_max ~ lr^"
+        f"{g['lambda_max_slope']['mean']:.2f})",
         f"results: {(out / 'claim_DG-mlp.json').resolve()} ({time.perf_counter() - t0:.0f} s)",
     ]
     emit("\n".join(lines))

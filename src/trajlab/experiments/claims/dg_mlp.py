@@ -20,6 +20,8 @@ lr 0.1, momentum 0.9, wd 5e-4, batch 128) and steps cost about 3 ms, so:
   cosines (1/cos^2 - 1) has log-log slope -1 against lr, and the cosine's own slope is the mean of
   1/2 (1 - cos^2) over the range (not 1/2). Criterion: cos rises with the lr in every seed and the mean
   measured slope is within ``G_SLOPE_TOLERANCE`` of the model's slope with c fitted to the same points.
+  Reported beside it (not judged): lambda_max of each branch's last snapshot (Lanczos, ``2 eval_images``
+  training images) and the N/S slope the model gives if C and H both scale like lambda_max.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from trajlab.experiments.claims.alignment import _alignment, loglog_slope
 from trajlab.experiments.claims.amap import SYNTHETIC
 from trajlab.experiments.claims.cache import RunSpec, ensure_runs
 from trajlab.experiments.claims.trajectories import _param_distance, _replay_from
+from trajlab.probes import top_eigenvalues
 from trajlab.runs import RecordedRun
 
 log = logging.getLogger(__name__)
@@ -232,9 +235,29 @@ def _g_seed(out: Path, b: dict[str, Any], sp: dict[str, Any], seed: int, host: H
         run = RecordedRun(spec.run_dir(out), host=host)
         reads = run.steps()[-b["reads"] :]
         cos = [_alignment(ev, run.load(s), b["align_batches"], seed)["cosine_mean"] for s in reads]
-        points.append({"lr": lr, "steps": reads, "cosine_mean": float(np.mean(cos)), "cosines": cos})
+        top = top_eigenvalues(
+            run.load_weights(reads[-1]), F.cross_entropy, _fixed_batch(run.train_data, b["eval_images"] * 2),
+            k=1, max_iter=60,
+        )  # fmt: skip
+        points.append(
+            {
+                "lr": lr,
+                "steps": reads,
+                "cosine_mean": float(np.mean(cos)),
+                "cosines": cos,
+                "lambda_max": float(top.eigenvalues[0]),
+            }
+        )
     lrs, cos = [p["lr"] for p in points], [p["cosine_mean"] for p in points]
-    return {"points": points, "loglog_slope": loglog_slope(lrs, cos), "nqm": nqm_cosine_slope(lrs, cos)}
+    lam_slope = loglog_slope(lrs, [p["lambda_max"] for p in points])
+    return {
+        "points": points,
+        "loglog_slope": loglog_slope(lrs, cos),
+        "nqm": nqm_cosine_slope(lrs, cos),
+        "lambda_max_slope": lam_slope,
+        # With C and H both scaling as lr^a (a = lambda_max's slope): N/S ~ tr C / (lr tr CH) ~ lr^(-1-a).
+        "ns_slope_if_curvature_scales": -1.0 - lam_slope,
+    }
 
 
 def g_verdict(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -254,6 +277,10 @@ def g_verdict(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     out["loglog_slope"] = slopes
     out["nqm_slope"] = model
     out["ns_slope"] = common.mean_std([r["nqm"]["ns_slope"] for r in per_seed.values()])
+    out["lambda_max_slope"] = common.mean_std([r["lambda_max_slope"] for r in per_seed.values()])
+    out["ns_slope_if_curvature_scales"] = common.mean_std(
+        [r["ns_slope_if_curvature_scales"] for r in per_seed.values()]
+    )
     out["old_criterion_slope_in_0.25_1"] = 0.25 <= slopes["mean"] <= 1.0
     return out
 
