@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from trajlab.cli import main
-from trajlab.experiments.claims.amap import noise_to_signal, predicted_fraction, predicted_from_noise
+from trajlab.experiments.claims.amap import (
+    cauchy_fractions,
+    noise_to_signal,
+    predicted_fraction,
+    predicted_from_noise,
+)
 from trajlab.probes import line_profile
 
 
@@ -112,3 +117,23 @@ def test_noise_to_signal_leaves_batchnorm_statistics_alone() -> None:
     batches = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(3)]
     noise_to_signal(model, batches)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
+
+
+def test_cauchy_fractions_on_least_squares() -> None:
+    """Exactly quadratic batch loss: step 1 is the one-step prediction, the steps never raise the loss,
+    and with an isotropic Hessian (orthogonal columns of equal norm) one step lands on the batch's floor."""
+    torch.manual_seed(2)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    model = nn.Linear(6, 1, bias=False).double()
+    f = cauchy_fractions(model, (x, y), steps=(1, 2, 4, 8), criterion=nn.functional.mse_loss)
+    p = line_profile(model, lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), (x, y), hvp=True)
+    assert f[1] == pytest.approx(
+        predicted_fraction(p.grad_norm**2, p.curvature_hvp, p.loss_at_zero), rel=1e-9
+    )
+    assert f[1] >= f[2] >= f[4] >= f[8] > 0
+
+    q, _ = torch.linalg.qr(torch.randn(32, 6, dtype=torch.float64))
+    floor = float(((q @ (q.T @ y) - y) ** 2).mean())
+    f_iso = cauchy_fractions(model, (q, y), steps=(1,), criterion=nn.functional.mse_loss)
+    loss0 = float(((model(q).detach() - y) ** 2).mean())
+    assert f_iso[1] == pytest.approx(floor / loss0, rel=1e-9)

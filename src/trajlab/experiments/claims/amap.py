@@ -148,6 +148,43 @@ def noise_to_signal(model: torch.nn.Module, batches: Sequence[Any]) -> tuple[flo
     return spread / signal, signal, typical / signal
 
 
+# Steepest-descent steps on the probed batch alone, each of length 1/h (h along the current gradient).
+CAUCHY_STEPS = (1, 2, 4, 8)
+
+
+def cauchy_fractions(
+    model: torch.nn.Module,
+    batch: Any,
+    steps: Sequence[int] = CAUCHY_STEPS,
+    bn: str = "batch",
+    criterion: Any = F.cross_entropy,
+) -> dict[int, float]:
+    """``{k: f_k / f_0}``: the batch loss after k steps along the batch's own current gradient, each of the
+    local quadratic model's length |g|^2 / g^T H g (exact HVP), on a copy of ``model`` (BN ``"batch"``:
+    train-mode statistics; ``"running"``: eval mode). Whether "very low loss" is a few steps away when one
+    step does not reach it; nan from the first step with g^T H g <= 0."""
+    m = copy.deepcopy(model).train(bn == "batch")
+    x, y = batch
+    params = [q for q in m.parameters() if q.requires_grad]
+    losses = []
+    for t in range(max(steps) + 1):
+        loss = criterion(m(x), y)
+        losses.append(loss.item())
+        if t == max(steps):
+            break
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        gd = [gi.detach() for gi in g]
+        hg = torch.autograd.grad(sum((gi * di).sum() for gi, di in zip(g, gd)), params)
+        gg = sum(float((d * d).sum()) for d in gd)
+        ghg = sum(float((h * d).sum()) for h, d in zip(hg, gd))
+        if not ghg > 0:
+            break
+        with torch.no_grad():
+            for q, d in zip(params, gd):
+                q.sub_(gg / ghg * d)
+    return {k: losses[k] / losses[0] if k < len(losses) and losses[0] > 0 else math.nan for k in steps}
+
+
 def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host: HostSettings | None):
     from trajlab.probes import line_profile
 
@@ -170,6 +207,7 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
             )  # fmt: skip
             grad_sq = p.grad_norm**2
             control = p.control_at_lr_star.get("heldout", math.nan)
+            descent = cauchy_fractions(model, run.batch(step + 1), bn=bn)
             rows.append(
                 {
                     "step": step,
@@ -191,6 +229,7 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
                     "grad_sq_over_mean_grad_sq": grad_sq / signal,
                     "loss_at_zero": p.loss_at_zero,
                     "bracketed": p.bracketed,
+                    **{f"fraction_after_{k}_steps": v for k, v in descent.items()},
                 }
             )
     return rows
@@ -254,6 +293,7 @@ def run_claim_amap(
                         "heldout_fraction",
                         "noise_to_signal",
                         "noise_to_signal_typical",
+                        *(f"fraction_after_{k}_steps" for k in CAUCHY_STEPS),
                     )
                 },
                 "one_step_fraction_range": [
