@@ -322,7 +322,7 @@ def run_claim_amap(
 
 
 def _plot(out_dir: Path, per_cell: dict[str, Any]) -> str:
-    fig, (ax,) = common.new_figure(width=8.0, height=3.8)
+    fig, (ax,) = common.new_figure(width=10.5, height=3.8)
     names = list(per_cell)
     xs = range(len(names))
     ax.scatter(xs, [per_cell[n]["one_step_fraction"] for n in names], label="measured (median)", zorder=3)
@@ -337,8 +337,16 @@ def _plot(out_dir: Path, per_cell: dict[str, Any]) -> str:
         s=60,
         label="NQM, |G|^2 (1 + N/S)",
     )
+    last = f"fraction_after_{CAUCHY_STEPS[-1]}_steps"
+    if all(last in per_cell[n] for n in names):
+        ax.scatter(
+            xs, [per_cell[n][last] for n in names], marker="v", color="C3",
+            label=f"measured after {CAUCHY_STEPS[-1]} steps of 1/h (median)",
+        )  # fmt: skip
     ax.axhline(0.2, color="grey", lw=0.8, ls="--", label="claim A threshold 0.2")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=1.05)
     ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("f(lr*) / f(0)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return common.save_figure(fig, out_dir / "claim_A-map.png")
