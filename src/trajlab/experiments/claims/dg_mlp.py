@@ -234,7 +234,9 @@ def _g_seed(out: Path, b: dict[str, Any], sp: dict[str, Any], seed: int, host: H
     for lr, spec in sp["lrs"].items():
         run = RecordedRun(spec.run_dir(out), host=host)
         reads = run.steps()[-b["reads"] :]
-        cos = [_alignment(ev, run.load(s), b["align_batches"], seed)["cosine_mean"] for s in reads]
+        reads_out = [_alignment(ev, run.load(s), b["align_batches"], seed) for s in reads]
+        cos = [a["cosine_mean"] for a in reads_out]
+        last = reads_out[-1]
         top = top_eigenvalues(
             run.load_weights(reads[-1]), F.cross_entropy, _fixed_batch(run.train_data, b["eval_images"] * 2),
             k=1, max_iter=60,
@@ -246,6 +248,10 @@ def _g_seed(out: Path, b: dict[str, Any], sp: dict[str, Any], seed: int, host: H
                 "cosine_mean": float(np.mean(cos)),
                 "cosines": cos,
                 "lambda_max": float(top.eigenvalues[0]),
+                # at the last read: |G|, the full loss, and tr(Sigma) = B_simple |G|^2 (per example)
+                "full_grad_norm": last["full_grad_norm"],
+                "full_loss": last["full_loss"],
+                "trace_noise": last["b_simple"] * last["full_grad_norm"] ** 2,
             }
         )
     lrs, cos = [p["lr"] for p in points], [p["cosine_mean"] for p in points]
