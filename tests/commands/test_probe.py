@@ -8,6 +8,7 @@ import math
 import statistics
 
 import pytest
+import torch
 
 from trajlab.cli import main
 from trajlab.commands.probe import distribution
@@ -97,10 +98,37 @@ def test_spectrum_beside_the_line_probe(run_dir, tmp_path, capsys):
     assert r["eigenvalues"] == pytest.approx(list(ref.eigenvalues), rel=1e-6)
 
 
+def test_spectrum_of_the_training_loss(run_dir, tmp_path, capsys):
+    """--spectrum-images N: the Hessian of the training loss over the first N training images (in order,
+    unaugmented), the same numbers as the library's ``data=`` on those images."""
+    from trajlab.probes import hessian_trace, top_eigenvalues
+    from trajlab.runs import RecordedRun
+
+    out = tmp_path / "spec-data"
+    argv = ["probe", str(run_dir), "--spectrum", "--spectrum-images", "100", "--steps", "8", "--out", str(out)]
+    assert main([*argv, "--bn", "batch", "--top-k", "2", "--trace-samples", "10", "-q"]) == 0
+    assert "(100 training images)" in capsys.readouterr().out
+    (r,) = json.loads((out / "probe.json").read_text())["spectrum"]
+    assert r["hessian_of"] == "training images" and r["n_examples"] == 100
+    assert r["trace_over_lambda_max"] == pytest.approx(r["trace"] / r["lambda_max"])
+    run = RecordedRun(run_dir)
+    images = [(x, y) for x, y in run.train_batches_in_order()]
+    x, y = torch.cat([b[0] for b in images])[:100], torch.cat([b[1] for b in images])[:100]
+    data = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 100, 64)]  # the tiny preset's eval batches
+    model = run.load_weights(8)
+    ref = top_eigenvalues(model, run.loss_fn, data=data, k=2, tol=1e-3, max_iter=100, bn="batch")
+    assert r["eigenvalues"] == pytest.approx(list(ref.eigenvalues), rel=1e-5)
+    tr = hessian_trace(model, run.loss_fn, data=data, max_samples=10, bn="batch")
+    assert r["trace"] == pytest.approx(tr.trace, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--spectrum", "--top-k", "0"], "--top-k"),
+        (["--spectrum", "--spectrum-images", "-1"], "--spectrum-images must be >= 0"),
+        (["--spectrum", "--spectrum-images", "100000000"], "the training set has"),
+        (["--spectrum-images", "all"], "add --spectrum"),
         (["--spectrum", "--eig-tol", "2"], "--eig-tol"),
         (["--steps", "5"], "no snapshot of that step"),
         (["--steps", "12"], "no B_13"),

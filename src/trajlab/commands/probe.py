@@ -82,6 +82,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="--spectrum: seed of the random vectors (default 0)")
     p.add_argument(
+        "--spectrum-images",
+        type=_images,
+        default=0,
+        metavar="N|all",
+        help="--spectrum: the Hessian of the training loss over the first N training images (in order, "
+        "unaugmented, in batches of train.eval_batch_size) instead of the probed batch's (default 0: the "
+        "probed batch)",
+    )
+    p.add_argument(
         "--steps",
         type=_int_list,
         help="comma-separated checkpoint steps (default: all stored, evenly capped to --max-steps)",
@@ -125,6 +134,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_probe)
 
 
+def _images(text: str) -> int | None:
+    """``--spectrum-images``: a count, or ``all`` (None) for the whole training set."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}") from None
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -151,6 +170,8 @@ class ProbePlan:
         heldout: the held-out control batches.
         weight_decay: the coupled weight decay added to the direction.
         out: the output directory.
+        spectrum_data: the training batches whose loss ``--spectrum`` takes the Hessian of (None: the
+            probed batch's).
     """
 
     run: Any
@@ -161,6 +182,7 @@ class ProbePlan:
     heldout: list[Any]
     weight_decay: float
     out: Path
+    spectrum_data: list[Any] | None = None
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -209,6 +231,10 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
             ("--trace-samples", args.trace_samples, 10),
         ]
     )
+    if args.spectrum_images is not None and args.spectrum_images < 0:
+        raise UsageError(f"--spectrum-images must be >= 0 or 'all', got {args.spectrum_images}")
+    if args.spectrum_images != 0 and not args.spectrum:
+        raise UsageError("--spectrum-images sets the data of --spectrum: add --spectrum")
     if not (0.0 < args.eig_tol < 1.0):
         raise UsageError(f"--eig-tol {args.eig_tol}: give a relative tolerance in (0, 1), e.g. 1e-3")
     if args.matrix and args.batches < 1:
@@ -231,6 +257,7 @@ def _prepare(args: argparse.Namespace) -> ProbePlan:
         heldout=_heldout_batches(run, args.batches),
         weight_decay=_weight_decay(args, run),
         out=out,
+        spectrum_data=probe_spectrum.training_images(run, args.spectrum_images) if args.spectrum else None,
     )
 
 
