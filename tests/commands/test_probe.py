@@ -105,8 +105,10 @@ def test_spectrum_of_the_training_loss(run_dir, tmp_path, capsys):
     from trajlab.runs import RecordedRun
 
     out = tmp_path / "spec-data"
-    argv = ["probe", str(run_dir), "--spectrum", "--spectrum-images", "100", "--steps", "8", "--out", str(out)]
-    assert main([*argv, "--bn", "batch", "--top-k", "2", "--trace-samples", "10", "-q"]) == 0
+    argv = ["probe", str(run_dir), "--spectrum", "--spectrum-images", "100", "--steps", "8"]
+    assert (
+        main([*argv, "--out", str(out), "--bn", "batch", "--top-k", "2", "--trace-samples", "10", "-q"]) == 0
+    )
     assert "(100 training images)" in capsys.readouterr().out
     (r,) = json.loads((out / "probe.json").read_text())["spectrum"]
     assert r["hessian_of"] == "training images" and r["n_examples"] == 100
