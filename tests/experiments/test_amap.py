@@ -73,6 +73,8 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
         "base",
         "batch 32",
         "batch 512",
+        "batch 1024",
+        "lr 0.3",
         "long (3x)",
         "resnet BN (batch BN)",
         "resnet BN (running BN)",

@@ -1,11 +1,11 @@
 """Claim A's map: where does one step along a fixed batch's own gradient reach a very low loss?
 
 Around a base cell (the plateau demo's MLP: 784-100-100-10 ReLU, Fashion-MNIST, SGD lr 0.1, momentum 0.9,
-wd 5e-4, batch 128), one factor changes at a time: batch size, width, training-set size, training length,
-weight decay; a BatchNorm ResNet cell is probed with train-mode and running BN statistics. Every cell is
-trained for each seed; at ``probes`` snapshots spread over the run, the batch of the next step is
-profiled along its own gradient (claim A's protocol: no weight decay in the direction) with a held-out
-test batch as control.
+wd 5e-4, batch 128), one factor changes at a time: batch size, learning rate, width, training-set size,
+training length, weight decay; a BatchNorm ResNet cell is probed with train-mode and running BN
+statistics. Every cell is trained for each seed; at ``probes`` snapshots spread over the run, the batch
+of the next step is profiled along its own gradient (claim A's protocol: no weight decay in the
+direction) with a held-out test batch as control.
 
 Beside each measured one-step fraction f(lr*)/f(0) stands the noisy quadratic model's prediction. Near
 theta the batch loss is L_B* + 1/2 (theta - c_B)^T H (theta - c_B); along g_B with one curvature
@@ -92,6 +92,9 @@ def cells(budget: str) -> dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]
         "base": (),
         "batch 32": ("train.batch_size=32",),
         "batch 512": ("train.batch_size=512",),
+        "batch 1024": ("train.batch_size=1024",),
+        "lr 0.03": ("optim.lr=0.03",),
+        "lr 0.3": ("optim.lr=0.3",),
         "width 50": ("model.width=50",),
         "width 400": ("model.width=400",),
         "1/10 of the images": (f"data.train_subset={b['subset']}",),
