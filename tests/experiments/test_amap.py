@@ -81,6 +81,7 @@ def test_amap_tiny_end_to_end(tmp_path, capsys) -> None:
     }
     for cell in doc["cells"].values():
         assert cell["n"] + cell["unbracketed"] == 4  # 2 seeds x 2 probes
+        assert len(cell["final_test_acc"]) == 2 and all(0 <= a <= 1 for a in cell["final_test_acc"])
         for r in cell["probes"]:
             assert 0.0 < r["one_step_fraction"] <= 1.0 and r["noise_to_signal"] > 0
             assert "predicted_from_noise" in r

@@ -133,13 +133,17 @@ def _run_amap(args: argparse.Namespace) -> int:
         out, budget=args.budget, seeds=seeds, reuse=not args.no_reuse, jobs=args.jobs,
         progress=not args.no_progress, host=host_of(args),
     )  # fmt: skip
-    lines = [f"{'cell':<26} measured  predicted  from N/S  typical  lr*/lr   R^2    held-out  N/S    8 steps"]
+    lines = [
+        f"{'cell':<26} measured  predicted  from N/S  typical  lr*/lr   R^2    held-out  N/S    8 steps  "
+        "test acc"
+    ]
     for name, c in doc["cells"].items():
+        accs = "/".join(f"{100 * a:.0f}" for a in c["final_test_acc"])
         lines.append(
             f"{name:<26} {c['one_step_fraction']:8.3f}  {c['predicted_fraction']:9.3f}  "
             f"{c['predicted_from_noise']:8.3f}  {c['predicted_from_typical_noise']:7.3f}  "
             f"{c['lr_star_over_lr']:6.2f}  {c['r2']:5.3f}  {c['heldout_fraction']:8.3f}  "
-            f"{c['noise_to_signal']:<6.3g} {c.get('fraction_after_8_steps', float('nan')):7.3f}"
+            f"{c['noise_to_signal']:<6.3g} {c.get('fraction_after_8_steps', float('nan')):7.3f}  {accs}"
         )
     lines.append(f"results: {(out / 'claim_A-map.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
     emit("\n".join(lines))

@@ -94,6 +94,7 @@ def cells(budget: str) -> dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]
         "batch 512": ("train.batch_size=512",),
         "batch 1024": ("train.batch_size=1024",),
         "lr 0.03": ("optim.lr=0.03",),
+        "lr 0.2": ("optim.lr=0.2",),
         "lr 0.3": ("optim.lr=0.3",),
         "width 50": ("model.width=50",),
         "width 400": ("model.width=400",),
@@ -238,6 +239,12 @@ def _probe_cell(run_dir: Path, b: dict[str, Any], bn_modes: Sequence[str], host:
     return rows
 
 
+def _final_test_acc(run_dir: Path) -> float:
+    """The run's test accuracy at its last evaluation (nan when it logged none)."""
+    series = common.eval_series(run_dir, "test_acc")
+    return series[max(series)] if series else math.nan
+
+
 def _slug(cell: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in cell).strip("_")
 
@@ -272,6 +279,8 @@ def run_claim_amap(
     per_cell: dict[str, Any] = {}
     for cell, (_, _, bn_modes) in table.items():
         rows = []
+        # Whether the cell trained at all (a run that diverged into a dead network has a flat batch loss).
+        accs = [_final_test_acc(dirs[specs[(cell, seed)].name]) for seed in seeds]
         for seed in seeds:
             for r in _probe_cell(dirs[specs[(cell, seed)].name], b, bn_modes, host):
                 rows.append({"seed": seed, **r})
@@ -284,6 +293,7 @@ def run_claim_amap(
                 "overrides": list(table[cell][0]),
                 "n": len(sub),
                 "unbracketed": unbracketed,
+                "final_test_acc": accs,
                 **{
                     k: _median(sub, k)
                     for k in (
