@@ -108,6 +108,17 @@ def test_lr_drop_ratio_equals_pytorch_moment_recursion(mu):
     np.testing.assert_allclose(hb.lr_drop_variance_ratio(ages, LR, LR / 8, h, mu), exact, rtol=1e-8)
 
 
+@pytest.mark.parametrize("mu", [0.0, 0.9])
+def test_schedule_ratio_of_a_constant_new_lr_is_the_lr_drop(mu):
+    """Reference: a schedule holding new_lr for T steps is the closed-form lr drop at age T (PyTorch's
+    velocity rescaling at the switch included); the constant schedule keeps the stationary variance."""
+    h = _curvatures(mu)
+    for ages in (1, 10, 300):
+        drop = hb.lr_drop_variance_ratio([ages], LR, LR / 8, h, mu)[0]
+        np.testing.assert_allclose(hb.schedule_variance_ratio([LR / 8] * ages, LR, h, mu), drop, rtol=1e-8)
+    np.testing.assert_allclose(hb.schedule_variance_ratio([LR] * 50, LR, h, mu), 1.0, rtol=1e-9)
+
+
 def test_lr_drop_ratio_matches_simulator():
     h, mu, seeds = np.array([0.01, 1.0]), 0.9, 6000
     m = NoisyQuadratic(h, 1.0, LR, mu)

@@ -12,6 +12,7 @@ from trajlab.theory.heavy_ball import (
     kernel_variance_ratio,
     lr_drop_variance_ratio,
     relaxation_steps,
+    schedule_variance_ratio,
     two_point_variance_ratio,
 )
 from trajlab.theory.maps import (
@@ -76,6 +77,7 @@ __all__ = [
     "loss_weights",
     "lr_drop_excess_loss",
     "lr_drop_variance_ratio",
+    "schedule_variance_ratio",
     "minima_weights",
     "predict_from_measurements",
     "relaxation_steps",

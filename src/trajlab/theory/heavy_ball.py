@@ -215,6 +215,37 @@ def lr_drop_variance_ratio(
     return np.where(eps > 0, ratio, 1.0)
 
 
+def schedule_variance_ratio(
+    lrs: ArrayLike, lr: float, curvatures: ArrayLike, momentum: float = 0.0
+) -> np.ndarray:
+    """Var(x) after the schedule ``lrs`` (one lr per step) from a stationary run at ``lr``, / Var at lr.
+
+    The state covariance S_t of z = (x_t, x_{t-1}) (per unit s^2) runs the recursion of PyTorch's SGD,
+    whose velocity buffer makes the step theta_t - theta_{t-1} scale with r_t = lr_t / lr_{t-1}:
+
+        x_{t+1} = (1 + mu r_t - eps_t) x_t - mu r_t x_{t-1} + eps_t xi_t,   eps_t = lr_t h,
+
+    O(T d). A constant ``new_lr`` schedule gives :func:`lr_drop_variance_ratio` at age T; a step at lr 0
+    leaves the iterate in place and drops the velocity (so lr 0 belongs at the end only). Use it to set a
+    cooldown (e.g. linear to 0) beside an average of the constant-lr run (:func:`ema_variance_ratio`,
+    :func:`kernel_variance_ratio`): both are variance ratios against the same stationary state.
+    """
+    eps0, mu = _eps(lr, curvatures, momentum, "schedule_variance_ratio")
+    schedule = nonnegative_array("lrs", lrs)
+    h = eps0 / lr
+    cov = _state_cov(eps0, mu)
+    a, b, c = cov[:, 0, 0].copy(), cov[:, 0, 1].copy(), cov[:, 1, 1].copy()  # Var x_t, Cov, Var x_{t-1}
+    previous = lr
+    for eta in schedule:
+        r = eta / previous if previous > 0 else 0.0
+        eps = eta * h
+        p, q = 1.0 + mu * r - eps, -mu * r
+        a, b, c = p * p * a + 2 * p * q * b + q * q * c + eps * eps, p * a + q * b, a
+        previous = eta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(eps0 > 0, a / cov[:, 0, 0], 1.0)
+
+
 def relaxation_steps(lr: float, curvatures: np.ndarray, momentum: float) -> np.ndarray:
     """-1 / ln max|z| of the heavy-ball roots: the e-folding time of the slowest mode, in steps."""
     eps = lr * np.asarray(curvatures, dtype=np.float64)
