@@ -146,6 +146,7 @@ def _run_amap(args: argparse.Namespace) -> int:
             f"{c['noise_to_signal']:<6.3g} {c.get('fraction_after_8_steps', float('nan')):7.3f}  {accs}"
         )
     lines.append(f"results: {(out / 'claim_A-map.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
+    lines.append(_report_line(out, args.budget))
     emit("\n".join(lines))
     return 0
 
@@ -175,6 +176,7 @@ def _run_dg_mlp(args: argparse.Namespace) -> int:
         f"{g['lambda_max_slope']['mean']:.2f})",
         f"results: {(out / 'claim_DG-mlp.json').resolve()} ({time.perf_counter() - t0:.0f} s)",
     ]
+    lines.append(_report_line(out, args.budget))
     emit("\n".join(lines))
     return 0
 
@@ -195,8 +197,15 @@ def _run_cooldown(args: argparse.Namespace) -> int:
     )  # fmt: skip
     lines = table_lines(doc)
     lines.append(f"results: {(out / 'claim_cooldown.json').resolve()} ({time.perf_counter() - t0:.0f} s)")
+    lines.append(_report_line(out, args.budget))
     emit("\n".join(lines))
     return 0
+
+
+def _report_line(out: Path, budget: str) -> str:
+    """Rewrite ``OUT/BUDGET/report.html`` with this result beside the earlier ones; the line naming it."""
+    report = _write_report(out, budget)
+    return f"report: {report.resolve()}" if report else ""
 
 
 def _write_report(out: Path, budget: str) -> Path | None:

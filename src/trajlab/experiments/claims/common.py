@@ -132,7 +132,8 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple
 
 
 def save_figure(fig: Any, path: str | Path) -> str:
-    """Save and close ``fig``; return the path as a string."""
+    """Save and close ``fig``; return its file name, which the result JSON written beside it records (a
+    path would name the machine's working directory and go stale when the results are copied)."""
     import matplotlib.pyplot as plt
 
     from trajlab.files import save_figure_atomic
@@ -140,4 +141,4 @@ def save_figure(fig: Any, path: str | Path) -> str:
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)  # temp file + rename, never through a symlink
     plt.close(fig)
-    return str(path)
+    return Path(path).name
