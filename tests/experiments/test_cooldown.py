@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from trajlab.cli import main
 from trajlab.experiments.claims.cooldown import EMA_CANDIDATES, pick_ema, pick_zero_lag, zero_lag_pair
@@ -70,3 +71,35 @@ def test_cooldown_tiny_end_to_end(tmp_path, capsys) -> None:
     pair = doc["test_acc_percent"]["constant + zero-lag 0.999/0.9995"]
     assert pair["n"] == 2 and 0 <= pair["mean"] <= 100
     assert main(["reproduce", "cooldown", "--budget", "medium", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_branched_cooldowns_equal_full_runs_and_posthoc_evaluation(tmp_path, monkeypatch) -> None:
+    """The plateau-long budget's two mechanisms on the tiny data: a cooldown branched from the constant
+    run where its decay starts ends with the same weights as the same schedule trained from step 0, and
+    the post hoc evaluation (final checkpoint, BN recalibrated) gives what the runs logged at T."""
+    from trajlab.experiments.claims import cooldown
+    from trajlab.experiments.claims.cache import ensure_runs
+    from trajlab.trajectory import list_checkpoints, load_checkpoint
+
+    tiny = cooldown.COOLDOWN_BUDGETS["tiny"]
+    monkeypatch.setitem(cooldown.COOLDOWN_BUDGETS, "tiny-branch", {**tiny, "branch": True, "posthoc": True})
+    branched = cooldown.specs("tiny-branch", [0])
+    assert branched[("linear_20", 0)].branch_from == (branched[("constant", 0)], 160)
+    assert branched[("constant", 0)].branch_from is None and branched[("cosine", 0)].branch_from is None
+    full = cooldown.specs("tiny", [0])[("linear_20", 0)]
+    # The same config as the branch, trained from step 0 (checkpoints every 20 steps as in the branch).
+    alone = cooldown.RunSpec("alone", full.preset, branched[("linear_20", 0)].overrides)
+    wanted = [branched[("constant", 0)], branched[("linear_20", 0)], alone]
+    dirs = ensure_runs(tmp_path, wanted, progress=False)
+    (run_branch, run_alone) = (dirs[branched[("linear_20", 0)].name], dirs["alone"])
+    final = [load_checkpoint(list_checkpoints(d)[-1][1])["model"] for d in (run_branch, run_alone)]
+    assert list_checkpoints(run_branch)[-1][0] == 200
+    for k in final[0]:
+        assert torch.equal(final[0][k], final[1][k]), k
+    # Post hoc from the final checkpoint = what the run logged at its last evaluation (no BN here).
+    constant = dirs[branched[("constant", 0)].name]
+    assert cooldown._state_acc(constant, None) == pytest.approx(cooldown._final_acc(constant), abs=1e-9)
+    assert cooldown._state_acc(constant, None, 0.99) == pytest.approx(
+        cooldown._final_acc(constant, "ema_0.99/test_acc"), abs=1e-9
+    )

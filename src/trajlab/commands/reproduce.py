@@ -41,7 +41,8 @@ def register(sub: Any) -> None:
         help="A, B, C, D, E, F, G, H, or all; or A-map (claim A across batch size, width, data size, "
         "training length, weight decay and BN mode, with the noisy quadratic model's prediction per cell; "
         "budgets tiny and small, seeds default 0,1); or cooldown (constant lr + the EMA the theory "
-        "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny and small); or DG-mlp "
+        "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny, small (the MLP) and "
+        "plateau-long (the BN ResNet of the claims' plateau-long budget)); or DG-mlp "
         "(claims D and G on the plateau MLP with function-space distances and the noisy quadratic model's "
         "alignment slope; budgets tiny and small)",
     )
@@ -182,7 +183,7 @@ def _run_dg_mlp(args: argparse.Namespace) -> int:
 
 
 def _run_cooldown(args: argparse.Namespace) -> int:
-    """``trajlab reproduce cooldown``: the moonshot (issue 16), budgets ``tiny`` and ``small``."""
+    """``trajlab reproduce cooldown``: the moonshot (issue 16), every budget of ``COOLDOWN_BUDGETS``."""
     from trajlab.experiments.claims.cooldown import COOLDOWN_BUDGETS, run_cooldown, table_lines
 
     if args.budget not in COOLDOWN_BUDGETS:

@@ -32,6 +32,7 @@ the largest H_eff. The constant runs keep a final checkpoint (their online EMAs'
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,19 @@ SYNTHETIC = (
 COOLDOWN_BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {"steps": 200, "eval_every": 20, "windows": 5, "extra": (*SYNTHETIC, "train.log_every_steps=5")},
     "small": {"steps": 20000, "eval_every": 250, "windows": 10, "extra": ()},
+    # The issue's setup: claims-plateau-long (half-width BN ResNet-20, all 60k images, augmented, lr 0.3,
+    # 4800 steps; 5000 test images), the plateau test over 18 windows as in its claims. The cooldowns
+    # branch from the constant run where their decay starts (the same batches, bit for bit, until
+    # then); every contender is evaluated once, post hoc, from its final state with BN recalibrated.
+    "plateau-long": {
+        "preset": "claims-plateau-long",
+        "steps": 4800,
+        "eval_every": 1600,
+        "windows": 18,
+        "extra": (),
+        "branch": True,
+        "posthoc": True,
+    },
 }
 
 
@@ -90,27 +104,32 @@ def specs(budget: str, seeds: Sequence[int]) -> dict[tuple[str, int], RunSpec]:
         "train.tensorboard=false",
     )
     emas = "averaging.ema_decays=[" + ", ".join(str(d) for d in EMA_CANDIDATES) + "]"
-    # The final checkpoint holds the online EMAs' states, for (a')'s combinations.
+    branch = b.get("branch", False)
+    # Checkpoints where the cooldowns start (branching) and at T: the final one holds the online EMAs'
+    # states, for (a')'s combinations and the post hoc evaluation.
+    every = math.gcd(*(round(f * t) for f in COOLDOWN_FRACTIONS)) if branch else t
     final = (
         "record.enabled=true",
         f"record.snapshots={{at_steps = [{t}]}}",
-        f"record.checkpoint_every_steps={t}",
+        f"record.checkpoint_every_steps={every}",
+        f"record.keep_checkpoints={t // every + 1}",  # every one a branch may start from
     )
-    schedules: dict[str, tuple[str, ...]] = {"constant": (emas, *final)}
+    # name -> (overrides, steps of the decay at the end: where a branch starts, None for full runs)
+    schedules: dict[str, tuple[tuple[str, ...], int | None]] = {"constant": ((emas, *final), None)}
     for f in COOLDOWN_FRACTIONS:
-        schedules[f"linear_{round(100 * f)}"] = (
-            "schedule.name=wsd",
-            f"schedule.decay_steps={round(f * t)}",
-            "schedule.decay_shape=linear",
-        )
-    schedules["cosine"] = ("schedule.name=cosine",)
-    return {
-        (name, seed): RunSpec(
-            f"cooldown-{name}-s{seed}", "fashion-mlp", (*base, *extra, f"train.seed={seed}")
-        )
-        for name, extra in schedules.items()
-        for seed in seeds
-    }
+        decay = round(f * t)
+        overrides = ("schedule.name=wsd", f"schedule.decay_steps={decay}", "schedule.decay_shape=linear")
+        schedules[f"linear_{round(100 * f)}"] = ((*overrides, *(final if branch else ())), decay)
+    schedules["cosine"] = (("schedule.name=cosine", *(final if branch else ())), None)
+    preset = b.get("preset", "fashion-mlp")
+    out: dict[tuple[str, int], RunSpec] = {}
+    for name, (extra, decay) in schedules.items():
+        for seed in seeds:
+            source = (out[("constant", seed)], t - decay) if branch and decay is not None else None
+            out[(name, seed)] = RunSpec(
+                f"cooldown-{name}-s{seed}", preset, (*base, *extra, f"train.seed={seed}"), branch_from=source
+            )
+    return out
 
 
 def _plateau_start(run_dir: Path, windows: int) -> tuple[int, str]:
@@ -125,6 +144,7 @@ def _plateau_start(run_dir: Path, windows: int) -> tuple[int, str]:
 
 
 def _final_acc(run_dir: Path, key: str = "test_acc") -> float:
+    """Test accuracy (%) the run logged at its last evaluation (``key``: the live model's or an average's)."""
     series = common.eval_series(run_dir, key)
     return 100.0 * series[max(series)]
 
@@ -171,29 +191,35 @@ def run_cooldown(
             picks[seed]["zero_lag"] = {"decays": list(zero_lag), "weight": w, "equivalent_horizon": h_eff}
     common.write_result(out_dir, "cooldown-prediction", {"picks": picks, "rule": __doc__}, seeds)
 
-    # 2. The measurements.
+    # 2. The measurements: what the runs logged at T, or (budget "posthoc") every final state evaluated
+    # here with BN recalibrated.
+    if b.get("posthoc", False):
+
+        def acc(run_dir: Path, ema: float | None = None) -> float:
+            return _state_acc(run_dir, host, ema)
+    else:
+
+        def acc(run_dir: Path, ema: float | None = None) -> float:
+            return _final_acc(run_dir, "test_acc" if ema is None else f"ema_{ema:g}/test_acc")
+
     per_seed: dict[str, list[float]] = {"constant (last iterate)": [], "(a) constant + predicted EMA": []}
     for seed in seeds:
-        d = picks[seed]["ema_decay"]
-        per_seed["constant (last iterate)"].append(_final_acc(run[("constant", seed)]))
+        per_seed["constant (last iterate)"].append(acc(run[("constant", seed)]))
         per_seed["(a) constant + predicted EMA"].append(
-            _final_acc(run[("constant", seed)], f"ema_{d:g}/test_acc")
+            acc(run[("constant", seed)], picks[seed]["ema_decay"])
         )
     if zero_lag is not None:
         per_seed["(a') constant + zero-lag EMA pair"] = [
-            _combined_acc(run[("constant", s)], zero_lag, host) for s in seeds
+            _state_acc(run[("constant", s)], host, zero_lag) for s in seeds
         ]
     for name in [f"linear_{round(100 * f)}" for f in COOLDOWN_FRACTIONS] + ["cosine"]:
-        per_seed[name] = [_final_acc(run[(name, s)]) for s in seeds]
+        per_seed[name] = [acc(run[(name, s)]) for s in seeds]
     every_ema = {
-        f"constant + EMA {d:g}": [_final_acc(run[("constant", s)], f"ema_{d:g}/test_acc") for s in seeds]
-        for d in EMA_CANDIDATES
+        f"constant + EMA {d:g}": [acc(run[("constant", s)], d) for s in seeds] for d in EMA_CANDIDATES
     }
     # Every zero-lag pair, for the record (not picked: measured after the pick).
     every_ema |= {
-        f"constant + zero-lag {a:g}/{bd:g}": [
-            _combined_acc(run[("constant", s)], (a, bd), host) for s in seeds
-        ]
+        f"constant + zero-lag {a:g}/{bd:g}": [_state_acc(run[("constant", s)], host, (a, bd)) for s in seeds]
         for a in EMA_CANDIDATES
         for bd in EMA_CANDIDATES
         if a < bd
@@ -271,18 +297,27 @@ def _plot(out_dir: Path, summary: dict[str, dict[str, float]], best_b: str) -> s
     return common.save_figure(fig, out_dir / "claim_cooldown.png")
 
 
-def _combined_acc(run_dir: Path, decays: tuple[float, float], host: HostSettings | None) -> float:
-    """Test accuracy (%) of w EMA_a - (w - 1) EMA_b at the run's last step, from its final checkpoint."""
+def _state_acc(
+    run_dir: Path, host: HostSettings | None, ema: float | tuple[float, float] | None = None
+) -> float:
+    """Test accuracy (%) at the run's last step, from its final checkpoint, BN recalibrated (the project's
+    one "recalibrate BN, then evaluate"): the last iterate (``ema`` None), one online EMA (a decay) or
+    the zero-lag pair w EMA_a - (w - 1) EMA_b (two decays)."""
     from trajlab.runs import RecordedRun
     from trajlab.runs.plugins import averaging_callback
     from trajlab.trajectory import list_checkpoints, load_checkpoint
 
     run = RecordedRun(run_dir, host=host)
     _, path = list_checkpoints(run_dir)[-1]
+    state = load_checkpoint(path)
+    if ema is None:
+        return 100.0 * run.evaluate(state["model"]).acc
     callback = averaging_callback(run.config, run.new_model(), host)
-    callback.load_state_dict(load_checkpoint(path)["callbacks"][callback.name])
-    a, b = (callback.averaged.averaged_state_dict(f"ema_{d:g}") for d in decays)
-    w, _ = zero_lag_pair(*decays)
+    callback.load_state_dict(state["callbacks"][callback.name])
+    if isinstance(ema, float):
+        return 100.0 * run.evaluate(callback.averaged.averaged_state_dict(f"ema_{ema:g}")).acc
+    a, b = (callback.averaged.averaged_state_dict(f"ema_{d:g}") for d in ema)
+    w, _ = zero_lag_pair(*ema)
     combined = {k: w * a[k] - (w - 1.0) * b[k] if a[k].is_floating_point() else a[k] for k in a}
     return 100.0 * run.evaluate(combined).acc
 
