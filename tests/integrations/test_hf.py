@@ -1,6 +1,6 @@
 """The Hugging Face callback with the real package: averages equal the container's on the same weights,
 dict batches (with ``labels``) through the loss hook, the batch log rebuilds every step's batch, gradient
-accumulation, and a resume through the Trainer's checkpoint folder is bit-identical."""
+accumulation, a resume through the Trainer's checkpoint folder is bit-identical, and DDP under torchrun."""
 
 from __future__ import annotations
 
@@ -78,3 +78,32 @@ def test_resume_through_the_trainer_checkpoint_is_bit_identical(tmp_path: Path) 
 def test_hf_loss_says_what_it_expects() -> None:
     with pytest.raises(TypeError, match="dict batch"):
         hf_loss(make_model(), (torch.zeros(2, 3), torch.zeros(2)))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_rank0_writes_the_global_batch(tmp_path: Path) -> None:
+    """torchrun, 2 processes, DDP over gloo on CPU (the Trainer through accelerate): the batch log holds
+    both ranks' inputs of every step (rank 0's, then rank 1's), rebuilt exactly, also the epoch's last
+    step, which accelerate fills up with samples from the start; every rank holds the same averages."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(here / "hf_ddp_worker.py"), str(tmp_path / "run"), str(tmp_path / "seen")]
+    env = {**os.environ, "PYTHONPATH": f"{here}:{here.parents[1] / 'src'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=here, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    seen = [torch.load(tmp_path / f"seen.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    run = RecordedRun(tmp_path / "run")
+    # 200 items, 16 per rank and step: 7 steps per epoch, 2 epochs.
+    assert run.recipe.world_size == 2 and len(seen[0]) == len(seen[1]) == 14
+    assert run.batch_steps == list(range(1, 15))
+    for step, (a, b) in enumerate(zip(*seen), 1):
+        batch = run.batch(step)
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(batch[key], torch.cat([a[key], b[key]])), (step, key)
+    emas = [torch.load(tmp_path / f"seen.ema.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert_equal(emas[0], emas[1])
+    assert verify_run(run.run_dir).clean and run.finished
