@@ -39,8 +39,8 @@ def register(sub: Any) -> None:
         "claim",
         metavar="CLAIM",
         help="A, B, C, D, E, F, G, H, or all; or A-map (claim A across batch size, learning rate, width, "
-        "data size, training length, weight decay and BN mode, with the noisy quadratic model's prediction per cell; "
-        "budgets tiny and small, seeds default 0,1); or cooldown (constant lr + the EMA the theory "
+        "data size, training length, weight decay and BN mode, with the noisy quadratic model's prediction "
+        "per cell; budgets tiny and small, seeds default 0,1); or cooldown (constant lr + the EMA the theory "
         "picks vs tuned linear cooldowns and cosine at equal steps; budgets tiny, small (the MLP) and "
         "plateau-long (the BN ResNet of the claims' plateau-long budget)); or DG-mlp "
         "(claims D and G on the plateau MLP with function-space distances and the noisy quadratic model's "
