@@ -9,27 +9,16 @@ from pathlib import Path
 
 import torch
 import transformers
-from hf_fixtures import Capture, make_data, make_model
+from hf_fixtures import Capture, make_callback, make_data, make_model
 
 from trajlab.averaging import EMA, TwoPoint
-from trajlab.integrations.hf import TrajectoryCallback
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     out, seen = Path(sys.argv[1]), sys.argv[2]
     train, test = make_data()
     capture = Capture()
-    callback = TrajectoryCallback(
-        out,
-        averages=[EMA(0.9), TwoPoint(4)],
-        snapshots=2,
-        model_factory=make_model,
-        data_factory=make_data,
-        collate_fn=transformers.default_data_collator,
-        bn_batches=2,
-        log_every_steps=1,
-        tensorboard=False,
-    )
+    callback = make_callback(out, [EMA(0.9), TwoPoint(4)], snapshots=2)
     args = transformers.TrainingArguments(
         output_dir=str(out) + "-hf",
         per_device_train_batch_size=16,

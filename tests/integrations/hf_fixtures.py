@@ -80,14 +80,12 @@ class Crash(transformers.TrainerCallback):
             raise RuntimeError("simulated crash")
 
 
-def fit(
-    out: Path, *, epochs: int = 3, extra: tuple = (), resume: str | None = None, accumulate: int = 1
-) -> TrajectoryCallback:
-    train, test = make_data()
-    callback = TrajectoryCallback(
+def make_callback(out: Path, averages: tuple | list, snapshots: int) -> TrajectoryCallback:
+    """The recorder callback of these tests: the fixtures' factories, dict batches, no TensorBoard."""
+    return TrajectoryCallback(
         out,
-        averages=AVERAGES,
-        snapshots=1,
+        averages=averages,
+        snapshots=snapshots,
         model_factory=make_model,
         data_factory=make_data,
         collate_fn=transformers.default_data_collator,
@@ -95,6 +93,13 @@ def fit(
         log_every_steps=1,
         tensorboard=False,
     )
+
+
+def fit(
+    out: Path, *, epochs: int = 3, extra: tuple = (), resume: str | None = None, accumulate: int = 1
+) -> TrajectoryCallback:
+    train, test = make_data()
+    callback = make_callback(out, AVERAGES, snapshots=1)
     args = transformers.TrainingArguments(
         output_dir=str(out) + "-hf",
         per_device_train_batch_size=32,

@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 from hf_fixtures import AVERAGES, Capture, Crash, fit, make_model  # noqa: E402
-from integration_checks import assert_equal, averages_of, same_tree  # noqa: E402
+from integration_checks import assert_equal, averages_of, same_tree, torchrun_two_processes  # noqa: E402
 
 from trajlab.averaging import AveragedWeights  # noqa: E402
 from trajlab.integrations.hf import STATE_FILE, hf_loss  # noqa: E402
@@ -85,16 +85,7 @@ def test_ddp_two_processes_rank0_writes_the_global_batch(tmp_path: Path) -> None
     """torchrun, 2 processes, DDP over gloo on CPU (the Trainer through accelerate): the batch log holds
     both ranks' inputs of every step (rank 0's, then rank 1's), rebuilt exactly, also the epoch's last
     step, which accelerate fills up with samples from the start; every rank holds the same averages."""
-    import os
-    import subprocess
-    import sys
-
-    here = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(here / "hf_ddp_worker.py"), str(tmp_path / "run"), str(tmp_path / "seen")]
-    env = {**os.environ, "PYTHONPATH": f"{here}:{here.parents[1] / 'src'}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=here, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    torchrun_two_processes("hf_ddp_worker.py", tmp_path, timeout_s=300)
     seen = [torch.load(tmp_path / f"seen.rank{r}.pt", weights_only=True) for r in (0, 1)]
     run = RecordedRun(tmp_path / "run")
     # 200 items, 16 per rank and step: 7 steps per epoch, 2 epochs.

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("lightning", reason="the Lightning integration needs `pip install trajlab[lightning]`")
 
-from integration_checks import assert_equal, averages_of, same_tree  # noqa: E402
+from integration_checks import assert_equal, averages_of, same_tree, torchrun_two_processes  # noqa: E402
 from lit_fixtures import AVERAGES, Capture, Crash, fit, make_model  # noqa: E402
 
 from trajlab.averaging import AveragedWeights  # noqa: E402
@@ -68,16 +68,7 @@ def test_resume_through_lightning_checkpoint_is_bit_identical(
 def test_ddp_two_processes_rank0_writes_the_global_batch(tmp_path: Path) -> None:
     """torchrun, 2 processes, gloo on CPU: the batch log holds both ranks' indices of every step (rank 0's
     then rank 1's), rebuilt exactly; every rank holds the same averages; one run directory, rank 0's."""
-    import os
-    import subprocess
-    import sys
-
-    here = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(here / "lit_ddp_worker.py"), str(tmp_path / "run"), str(tmp_path / "seen")]
-    env = {**os.environ, "PYTHONPATH": f"{here}:{here.parents[1] / 'src'}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=here, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    torchrun_two_processes("lit_ddp_worker.py", tmp_path, timeout_s=180)
     seen = [torch.load(tmp_path / f"seen.rank{r}.pt", weights_only=True) for r in (0, 1)]
     run = RecordedRun(tmp_path / "run")
     assert run.recipe.world_size == 2 and len(seen[0]) == len(seen[1]) == 2 * 4  # 125 per rank, batch 32
